@@ -1,0 +1,1 @@
+"""modelplane proxy: one OpenAI endpoint in front of every model."""

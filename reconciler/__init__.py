@@ -1,0 +1,1 @@
+"""modelplane reconciler: manifests → desired state → plan → apply."""
