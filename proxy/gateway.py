@@ -1,0 +1,140 @@
+"""The contract between the proxy and the reconciler.
+
+The proxy knows HTTP, OpenAI shapes, queueing and forwarding; it knows nothing of manifests,
+runtimes or plans. Everything it needs from the rest of modelplane goes through a
+:class:`Gateway`, which the reconcile loop implements (``reconciler.service``). Tests may
+implement it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# Numeric priorities: higher is served first (and evicted last).
+PRIORITIES: Mapping[str, int] = {"batch": 0, "low": 1, "normal": 2, "high": 3, "urgent": 4}
+
+
+@dataclass(frozen=True)
+class ModelRoute:
+    """What the proxy needs to know about one servable model."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    phase: str = "Asleep"  # Ready | Asleep | Starting | Downloading | Draining | Failed | ...
+    priority: int = PRIORITIES["normal"]
+    max_concurrency: int = 8
+    startup_timeout: float = 600.0
+    endpoint: str | None = None  # "http://127.0.0.1:PORT" while Ready
+    created: int = 0  # unix time, for /v1/models
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A client key: only its sha256 is known; ``models`` are fnmatch globs it may reach."""
+
+    name: str
+    sha256: str
+    models: tuple[str, ...] = ("*",)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One row of the request log."""
+
+    time: float
+    client: str
+    model: str
+    path: str
+    status: int
+    latency: float
+    ttft: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class Unavailable(Exception):
+    """The model cannot serve now. The proxy answers ``status`` with ``Retry-After``."""
+
+    def __init__(self, message: str, status: int = 503, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+
+class Refused(Exception):
+    """An admin request that is not allowed (e.g. unloading a pinned model): HTTP 409."""
+
+
+class Gateway(Protocol):
+    """Implemented by the reconcile loop; every method is called from the proxy's event loop."""
+
+    def routes(self) -> list[ModelRoute]:
+        """Every model modelplane knows (for ``/v1/models``), current phase included."""
+        ...
+
+    def route(self, name: str) -> ModelRoute | None:
+        """The model called ``name`` or having it as an alias; ``None`` if unknown."""
+        ...
+
+    async def wake(self, model: str) -> str:
+        """Return the endpoint of a ready backend, starting the model first if it is asleep.
+
+        Concurrent calls for the same model join one start. Waits at most the model's
+        ``startup_timeout``; raises :class:`Unavailable` when it cannot be placed, failed or did
+        not become ready in time.
+        """
+        ...
+
+    def begin_request(self, model: str) -> None:
+        """A request for ``model`` is being forwarded (in flight: never unloaded or evicted)."""
+        ...
+
+    def end_request(self, model: str) -> None:
+        """That request finished; the model's idle clock starts now."""
+        ...
+
+    def backend_failed(self, model: str, reason: str) -> None:
+        """The backend broke during a request (connection refused, died mid-stream)."""
+        ...
+
+    def record_request(self, record: RequestRecord) -> None:
+        """Append to the request log (must not block; the gateway batches writes)."""
+        ...
+
+    def api_keys(self) -> list[ApiKey]:
+        """Configured keys; empty means open access (modelplane then binds loopback only)."""
+        ...
+
+    # --- admin -------------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, str]:
+        """``/readyz``: (ready, reason). Not ready before the first pass or with a runtime down."""
+        ...
+
+    async def status(self) -> dict[str, Any]:
+        """``/api/status``: models (phase, sync, gpus, endpoint, in flight, queued, idle for,
+        last error) and GPUs."""
+        ...
+
+    async def events(self, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest events, oldest first."""
+        ...
+
+    def follow_events(self) -> AsyncIterator[dict[str, Any]]:
+        """New events as they are recorded (for ``/api/events?follow=1``)."""
+        ...
+
+    async def reconcile(self) -> dict[str, Any]:
+        """Run a pass now (``POST /api/reconcile``); returns its summary."""
+        ...
+
+    async def load(self, model: str) -> None:
+        """Start a model by hand and keep it warm as if it had been used now."""
+        ...
+
+    async def unload(self, model: str) -> None:
+        """Stop a model by hand; raises :class:`Refused` for a pinned model."""
+        ...
