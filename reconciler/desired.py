@@ -39,7 +39,7 @@ class DesiredModel:
 @dataclass(frozen=True)
 class Desired:
     models: Mapping[str, DesiredModel]
-    node: NodeSpec = NodeSpec()
+    node: NodeSpec = field(default_factory=NodeSpec)
     empty: bool = False  # no manifests at all (the prune guard refuses to stop everything)
 
 
@@ -86,9 +86,7 @@ def changed_fields(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> lis
     return changed
 
 
-def build_desired(
-    manifests: ManifestSet, revisions: Mapping[str, str] | None = None
-) -> Desired:
+def build_desired(manifests: ManifestSet, revisions: Mapping[str, str] | None = None) -> Desired:
     """Desired state from a resolved manifest set (``revisions``: model → resolved commit)."""
     node = manifests.node
     engines = manifests.engines

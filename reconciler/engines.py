@@ -17,18 +17,33 @@ BUILTIN_ENGINES: dict[str, EngineSpec] = {
     "llama-cpp-python": EngineSpec(
         image=None,
         command=[
-            "{python}", "-m", "llama_cpp.server",
-            "--model", "{model_path}", "--model_alias", "{name}",
-            "--host", "{host}", "--port", "{port}",
-        ],  # fmt: skip
+            "{python}",
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            "{model_path}",
+            "--model_alias",
+            "{name}",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+        ],
         health_path="/v1/models",
     ),
     "vllm": EngineSpec(
         image="vllm/vllm-openai:latest",
         command=[
-            "vllm", "serve", "{model_path}", "--served-model-name", "{name}",
-            "--host", "{host}", "--port", "{port}",
-        ],  # fmt: skip
+            "vllm",
+            "serve",
+            "{model_path}",
+            "--served-model-name",
+            "{name}",
+            "--host",
+            "{host}",
+            "--port",
+            "{port}",
+        ],
         health_path="/health",
     ),
 }

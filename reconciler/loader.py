@@ -217,8 +217,10 @@ def _message(err: dict[str, Any]) -> str:
         if msg.startswith(prefix):
             return msg[len(prefix) :]
     msg = msg.replace("Input should be", "should be")
-    if err["type"] not in ("value_error",) and "input" in err and not isinstance(
-        err["input"], dict | list
+    if (
+        err["type"] not in ("value_error",)
+        and "input" in err
+        and not isinstance(err["input"], dict | list)
     ):
         msg += f" (got {err['input']!r})"
     return msg
@@ -233,10 +235,9 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], int | 
     union_at: int | None = None
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            path.append(part)
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        in_map = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_map or in_list:
             path.append(part)
             node = node[part]
         elif isinstance(node, dict) and isinstance(part, str) and part == loc[-1]:

@@ -188,11 +188,15 @@ def _cross_check(
         if first is None:
             seen[key] = item
         elif item.stale is None:  # fallbacks never clash with a current document
-            result.errors.append(_error(item, f"duplicate {item.kind} name (first at {first.where})"))
+            result.errors.append(
+                _error(item, f"duplicate {item.kind} name (first at {first.where})")
+            )
 
     nodes = sorted((i for k, i in seen.items() if k[0] == "Node"), key=lambda i: (i.path, i.line))
     for extra in nodes[1:]:
-        result.errors.append(_error(extra, f"more than one Node (the first is at {nodes[0].where})"))
+        result.errors.append(
+            _error(extra, f"more than one Node (the first is at {nodes[0].where})")
+        )
         del seen[("Node", extra.name)]
     if nodes:
         result.node_doc = nodes[0]
@@ -203,9 +207,7 @@ def _cross_check(
     static = {g.index for g in node.gpus} if isinstance(node.gpus, list) else None
     known_gpus = static if static is not None else gpu_indices
     taken: dict[str, InForce] = {}
-    models = sorted(
-        (i for k, i in seen.items() if k[0] == "Model"), key=lambda i: (i.path, i.line)
-    )
+    models = sorted((i for k, i in seen.items() if k[0] == "Model"), key=lambda i: (i.path, i.line))
     for name in (m.name for m in models):
         taken[name] = seen[("Model", name)]
     for item in models:

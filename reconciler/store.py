@@ -236,9 +236,15 @@ class Store:
             rows = await cur.fetchall()
         return [
             Generation(
-                r[0], r[1], r[2], r[3], r[4], None if r[5] is None else bool(r[5]), r[6],
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                None if r[5] is None else bool(r[5]),
+                r[6],
                 json.loads(r[7]),
-            )  # fmt: skip
+            )
             for r in rows
         ]
 
@@ -316,9 +322,16 @@ class Store:
 
     async def add_requests(self, rows: Iterable[Mapping[str, Any]]) -> None:
         columns = (
-            "time", "client", "model", "path", "status", "latency", "ttft",
-            "prompt_tokens", "completion_tokens",
-        )  # fmt: skip
+            "time",
+            "client",
+            "model",
+            "path",
+            "status",
+            "latency",
+            "ttft",
+            "prompt_tokens",
+            "completion_tokens",
+        )
         values = [tuple(r.get(c) for c in columns) for r in rows]
         if not values:
             return

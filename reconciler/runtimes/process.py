@@ -126,7 +126,9 @@ class ProcessRuntime:
             raise
         return self._instance(record)
 
-    async def _wait_healthy(self, spec: LaunchSpec, proc: subprocess.Popen[bytes], port: int) -> None:
+    async def _wait_healthy(
+        self, spec: LaunchSpec, proc: subprocess.Popen[bytes], port: int
+    ) -> None:
         url = f"http://127.0.0.1:{port}{spec.health_path}"
         deadline = time.monotonic() + spec.startup_timeout
         async with httpx.AsyncClient(timeout=2.0) as client:

@@ -1,0 +1,296 @@
+"""The ``modelplane`` command line (DESIGN.md §3).
+
+Exit codes are part of the contract: ``validate`` 0 valid / 1 invalid; ``plan`` 0 no changes /
+2 changes pending / 1 invalid; ``apply`` 0 converged / 1 failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import manifests as manifest_sets
+from .controller import Controller, PassResult, PlanResult
+from .loader import ManifestError
+from .schema import json_schema
+from .units import format_duration
+
+app = typer.Typer(
+    name="modelplane",
+    help="Declarative, GitOps-style model serving: manifests in, converged GPU box out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+T = TypeVar("T")
+DEFAULT_DIR = os.environ.get("MODELPLANE_DIR", "manifests")
+
+DirArg = Annotated[
+    Path, typer.Argument(help="Manifest directory (env MODELPLANE_DIR).", show_default=True)
+]
+DirOption = Annotated[
+    Path, typer.Option("--dir", "-d", help="Manifest directory (finds the Node's stateDir).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+AllowEmpty = Annotated[
+    bool,
+    typer.Option("--allow-empty", help="Allow stopping every model when no manifest wants any."),
+]
+
+
+def main() -> None:
+    app()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _print_errors(errors: list[ManifestError]) -> None:
+    for error in errors:
+        err.print(str(error), markup=False, style="red")
+
+
+async def _controller(directory: Path) -> Controller:
+    return await Controller.open(directory)
+
+
+# --- validate / schema -----------------------------------------------------------------------
+
+
+@app.command()
+def validate(directory: DirArg = Path(DEFAULT_DIR)) -> None:
+    """Parse and validate every manifest; print each error as path:line:col: Kind/name: message."""
+    try:
+        result = manifest_sets.load(directory)
+    except FileNotFoundError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(1) from None
+    _print_errors(result.errors)
+    counts = f"{len(result.models)} models, {len(result.engine_docs)} engines"
+    if result.errors:
+        err.print(f"{len(result.errors)} error(s) in {directory} ({counts} valid)", markup=False)
+        raise typer.Exit(1)
+    out.print(f"{directory}: valid ({counts}, node {'set' if result.node_doc else 'default'})")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the manifest kinds (for yaml-language-server and editors)."""
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+# --- plan / apply ----------------------------------------------------------------------------
+
+
+def _plan_json(result: PlanResult) -> dict[str, Any]:
+    return {
+        "actions": [{"kind": a.kind, "model": a.model, "cause": a.cause} for a in result.actions],
+        "errors": [str(e) for e in result.manifests.errors],
+        "refused": result.refused,
+        "unavailable": result.unavailable,
+        "models": {
+            name: {"specHash": m.spec_hash, "runtime": m.runtime, "pinned": m.pinned}
+            for name, m in result.desired.models.items()
+        },
+    }
+
+
+def _actions_table(result: PlanResult) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("ACTION", "MODEL", "CAUSE"):
+        table.add_column(column)
+    for action in result.actions:
+        table.add_row(action.kind, action.model, action.cause)
+    return table
+
+
+@app.command("plan")
+def plan_command(
+    directory: DirArg = Path(DEFAULT_DIR),
+    as_json: JsonOption = False,
+    allow_empty: AllowEmpty = False,
+) -> None:
+    """Show what apply would do, with each action's cause. Changes nothing.
+
+    Exit 0: no changes; 2: changes pending; 1: invalid manifests (or prune refused).
+    """
+
+    async def go() -> PlanResult:
+        controller = await _controller(directory)
+        try:
+            return await controller.plan(allow_empty=allow_empty)
+        finally:
+            await controller.close()
+
+    try:
+        result = _run(go())
+    except FileNotFoundError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps(_plan_json(result), indent=2) + "\n")
+    else:
+        _print_errors(result.manifests.errors)
+        for runtime, why in result.unavailable.items():
+            err.print(f"runtime {runtime} unavailable: {why}", markup=False)
+        if result.refused:
+            err.print(result.refused, markup=False)
+        if result.actions:
+            out.print(_actions_table(result))
+        elif not result.refused:
+            out.print("no changes: everything is as the manifests say")
+    if result.manifests.errors or result.refused:
+        raise typer.Exit(1)
+    raise typer.Exit(2 if result.actions else 0)
+
+
+@app.command()
+def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False) -> None:
+    """One converging pass: start pinned models, recreate changed ones, prune removed ones.
+
+    Exit 0: converged; 1: something failed (with the reason).
+    """
+
+    async def go() -> PassResult:
+        controller = await _controller(directory)
+        try:
+            return await controller.apply(allow_empty=allow_empty)
+        finally:
+            await controller.close()
+
+    started = time.monotonic()
+    try:
+        result = _run(go())
+    except FileNotFoundError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(1) from None
+    _print_errors(result.manifests.errors)
+    if result.manifests.errors:
+        err.print("invalid documents keep their last valid version; the rest was applied")
+    for runtime, why in result.unavailable.items():
+        err.print(f"runtime {runtime} unavailable: {why}", markup=False)
+    if result.refused:
+        err.print(result.refused, markup=False)
+    for outcome in result.outcomes:
+        if outcome.ok:
+            where = f" → {outcome.instance.endpoint}" if outcome.instance else ""
+            out.print(f"ok    {outcome.action}{where}", markup=False)
+        else:
+            err.print(f"FAIL  {outcome.action}: {outcome.message}", markup=False)
+    took = time.monotonic() - started
+    if not result.ok or result.manifests.errors:
+        err.print(f"generation {result.generation}: not converged ({took:.1f}s)", markup=False)
+        raise typer.Exit(1)
+    what = f"{len(result.outcomes)} action(s)" if result.outcomes else "nothing to do"
+    out.print(f"generation {result.generation}: converged, {what} ({took:.1f}s)")
+
+
+# --- status / events / logs ------------------------------------------------------------------
+
+
+@app.command()
+def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False) -> None:
+    """Models (phase, sync, endpoint, idle time) as the runtimes and the database see them."""
+
+    async def go() -> list[Any]:
+        controller = await _controller(directory)
+        try:
+            return await controller.status()
+        finally:
+            await controller.close()
+
+    try:
+        rows = _run(go())
+    except FileNotFoundError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(json.dumps({"models": [r.as_dict() for r in rows]}, indent=2) + "\n")
+        return
+    table = Table(box=None, pad_edge=False)
+    for column in ("MODEL", "PHASE", "SYNC", "RUNTIME", "ENDPOINT", "IDLE", "REASON"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        idle = format_duration(row.idle_for) if row.idle_for is not None else "-"
+        name = row.name + (" (pinned)" if row.pinned else "")
+        table.add_row(
+            name, row.phase, row.sync, row.runtime, row.endpoint or "-", idle, row.reason or ""
+        )
+    out.print(table)
+
+
+@app.command()
+def events(
+    directory: DirOption = Path(DEFAULT_DIR),
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new ones.")] = False,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
+) -> None:
+    """The event log: what modelplane did and why."""
+
+    async def go() -> None:
+        controller = await _controller(directory)
+        try:
+            last_id = 0
+            for event in await controller.store.events(model=model, limit=limit):
+                _print_event(event.as_dict())
+                last_id = event.id
+            while follow:
+                await asyncio.sleep(0.5)
+                for event in await controller.store.events(model=model, after_id=last_id):
+                    _print_event(event.as_dict())
+                    last_id = event.id
+        finally:
+            await controller.close()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(go())
+
+
+def _print_event(event: dict[str, Any]) -> None:
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["time"]))
+    model = event["model"] or "-"
+    out.print(f"{when}  {event['kind']:<12} {model:<20} {event['message']}", markup=False)
+
+
+@app.command()
+def logs(
+    model: str,
+    directory: DirOption = Path(DEFAULT_DIR),
+    lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
+) -> None:
+    """The tail of a model backend's log."""
+
+    async def go() -> str:
+        controller = await _controller(directory)
+        try:
+            _, desired = await controller.load()
+            runtime = desired.models[model].runtime if model in desired.models else "process"
+            return await controller.runtimes.get(runtime).logs(model, lines)
+        finally:
+            await controller.close()
+
+    text = _run(go())
+    if not text:
+        err.print(f"no log for {model}", markup=False)
+        raise typer.Exit(1)
+    sys.stdout.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""One reconcile pass, end to end: load manifests → desired; list runtimes → actual; plan; execute.
+
+The CLI's ``plan``/``apply``/``status`` and the service's loop all go through a
+:class:`Controller`, so a pass means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import manifests as manifest_sets
+from . import paths
+from .desired import Desired, build_desired
+from .executor import Executor, Outcome
+from .manifests import ManifestSet
+from .planner import Action, Activity, PruneRefused, plan
+from .runtimes import RuntimeSet
+from .runtimes.base import Instance
+from .schema import NodeSpec
+from .status import ModelStatus, model_statuses
+from .store import Store
+
+
+@dataclass
+class PlanResult:
+    manifests: ManifestSet
+    desired: Desired
+    actual: list[Instance]
+    actions: list[Action] = field(default_factory=list)
+    refused: str | None = None  # the prune guard's message
+    unavailable: dict[str, str] = field(default_factory=dict)  # runtime → why it can't be listed
+
+
+@dataclass
+class PassResult(PlanResult):
+    outcomes: list[Outcome] = field(default_factory=list)
+    generation: int = 0
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.refused and not self.unavailable
+
+
+class Controller:
+    def __init__(self, manifest_dir: Path, store: Store, runtimes: RuntimeSet) -> None:
+        self.manifest_dir = manifest_dir
+        self.store = store
+        self.runtimes = runtimes
+        self.executor = Executor(runtimes, store)
+
+    @classmethod
+    async def open(cls, manifest_dir: Path, state_dir: Path | None = None) -> Controller:
+        """Find the state directory (the Node manifest may name it) and open the database."""
+        try:
+            node = manifest_sets.load(manifest_dir).node
+        except FileNotFoundError:
+            node = NodeSpec()
+        state_dir = state_dir or paths.state_dir(node)
+        store = await Store.open(state_dir / "modelplane.db")
+        return cls(manifest_dir, store, RuntimeSet(state_dir, node.docker_host))
+
+    async def close(self) -> None:
+        await self.store.close()
+
+    async def load(self) -> tuple[ManifestSet, Desired]:
+        """Manifests in force (falling back to last valid versions) and the desired state.
+
+        Raises ``FileNotFoundError`` when the directory itself is missing.
+        """
+        manifests = manifest_sets.load(self.manifest_dir, await self.store.documents())
+        return manifests, build_desired(manifests)
+
+    async def observe(self, desired: Desired) -> tuple[list[Instance], dict[str, str]]:
+        names = {"process", desired.node.runtime, *(m.runtime for m in desired.models.values())}
+        return await self.runtimes.list(names)
+
+    async def plan(
+        self,
+        activity: Mapping[str, Activity] | None = None,
+        allow_empty: bool = False,
+        now: float | None = None,
+    ) -> PlanResult:
+        manifests, desired = await self.load()
+        actual, unavailable = await self.observe(desired)
+        result = PlanResult(manifests, desired, actual, unavailable=unavailable)
+        activity = await self._activity(activity)
+        try:
+            result.actions = plan(
+                desired, actual, now or time.time(), activity, allow_empty=allow_empty
+            )
+        except PruneRefused as exc:
+            result.refused = str(exc)
+        return result
+
+    async def apply(
+        self, activity: Mapping[str, Activity] | None = None, allow_empty: bool = False
+    ) -> PassResult:
+        planned = await self.plan(activity, allow_empty)
+        result = PassResult(**vars(planned))
+        await self.store.replace_documents(i.stored() for i in planned.manifests.in_force())
+        result.generation = await self._generation(planned)
+        if result.refused:
+            await self.store.add_event("PruneRefused", result.refused)
+        elif planned.actions:
+            result.outcomes = await self.executor.run(
+                planned.actions, planned.desired, result.generation
+            )
+        outcome = "refused" if result.refused else "failed" if result.failures else "ok"
+        await self.store.update_generation(result.generation, outcome, _summary(result))
+        return result
+
+    async def status(self, activity: Mapping[str, Activity] | None = None) -> list[ModelStatus]:
+        _, desired = await self.load()
+        actual, _ = await self.observe(desired)
+        health = {}
+        for inst in actual:
+            if inst.state == "running":
+                health[inst.model] = await self.runtimes.get(inst.runtime).healthy(inst)
+        return model_statuses(
+            desired,
+            actual,
+            await self.store.model_states(),
+            await self._activity(activity),
+            health,
+            time.time(),
+        )
+
+    async def _activity(self, activity: Mapping[str, Activity] | None) -> dict[str, Activity]:
+        """Live activity from the proxy when it runs, else the idle clocks in the database."""
+        if activity is not None:
+            return dict(activity)
+        return {m: Activity(last_used=t) for m, t in (await self.store.last_used()).items()}
+
+    async def _generation(self, planned: PlanResult) -> int:
+        """A new generation when the manifests changed since the last one, else the last."""
+        last = await self.store.last_generation()
+        digest = planned.manifests.digest
+        if last is not None and last.digest == digest:
+            return last.id
+        errors = [str(e) for e in planned.manifests.errors]
+        if errors:
+            await self.store.add_event(
+                "Invalid",
+                f"{len(errors)} manifest error(s); last valid versions kept:\n" + "\n".join(errors),
+            )
+        return await self.store.add_generation(digest, "applying", _summary(planned))
+
+
+def _summary(result: PlanResult) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "models": {name: m.spec_hash for name, m in result.desired.models.items()},
+        "errors": [str(e) for e in result.manifests.errors],
+        "actions": [str(a) for a in result.actions],
+    }
+    if isinstance(result, PassResult):
+        summary["failures"] = [f"{o.action}: {o.message}" for o in result.failures]
+    if result.refused:
+        summary["refused"] = result.refused
+    return summary

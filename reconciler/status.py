@@ -1,0 +1,90 @@
+"""What each model is doing, on the two axes DESIGN.md §1 names: sync and phase. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from .desired import Desired
+from .planner import Activity
+from .runtimes.base import Instance
+from .store import ModelState
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    phase: str  # Ready | Starting | Asleep | Failed | Unschedulable | Downloading | Draining
+    sync: str  # Synced | OutOfSync | Stale | Suspended | Orphan
+    reason: str = ""
+    runtime: str = ""
+    endpoint: str | None = None
+    gpus: tuple[int, ...] = ()
+    pinned: bool = False
+    in_flight: int = 0
+    idle_for: float | None = None
+    where: str = ""  # path:line:col of the manifest in force
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def model_statuses(
+    desired: Desired,
+    actual: Sequence[Instance],
+    states: Mapping[str, ModelState],
+    activity: Mapping[str, Activity],
+    health: Mapping[str, bool],
+    now: float,
+) -> list[ModelStatus]:
+    """One row per model the manifests want, plus managed instances no manifest wants."""
+    running = {i.model: i for i in actual if i.managed}
+    rows = []
+    for name in sorted(set(desired.models) | set(running)):
+        model = desired.models.get(name)
+        inst = running.get(name)
+        use = activity.get(name, Activity())
+        remembered = states.get(name)
+        phase, reason = _phase(inst, remembered, health.get(name, False))
+        if model is None:
+            sync = "Orphan"
+            reason = reason or "no manifest wants it: the next apply stops it"
+        elif model.spec.suspend:
+            sync = "Suspended"
+        elif model.stale is not None:
+            sync = "Stale"
+            reason = f"manifest invalid, last valid version in force: {model.stale}"
+        elif (inst and inst.state == "running" and inst.spec_hash != model.spec_hash) or (
+            model.pinned and phase != "Ready"
+        ):
+            sync = "OutOfSync"
+        else:
+            sync = "Synced"
+        last = use.last_used or (inst.started_at if inst else None)
+        rows.append(
+            ModelStatus(
+                name=name,
+                phase=phase,
+                sync=sync,
+                reason=reason,
+                runtime=inst.runtime if inst else (model.runtime if model else ""),
+                endpoint=inst.endpoint if inst and inst.state == "running" else None,
+                gpus=inst.gpus if inst else (),
+                pinned=bool(model and model.pinned),
+                in_flight=use.in_flight,
+                idle_for=(now - last) if (last and inst and inst.state == "running") else None,
+                where=model.where if model else "",
+            )
+        )
+    return rows
+
+
+def _phase(inst: Instance | None, remembered: ModelState | None, healthy: bool) -> tuple[str, str]:
+    if inst is not None and inst.state == "running":
+        return ("Ready", "") if healthy else ("Starting", "health check not answering yet")
+    if inst is not None and inst.state == "exited":
+        return "Failed", inst.exit_reason or "exited"
+    if remembered is not None:
+        return remembered.phase, remembered.reason or ""
+    return "Asleep", ""
