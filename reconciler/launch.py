@@ -14,7 +14,7 @@ def model_location(model: DesiredModel, resolved_path: str | None = None) -> tup
     path = model.spec.source.path or resolved_path
     if path is None:
         raise ValueError(f"{model.name}: weights are not available locally yet")
-    location = Path(path)
+    location = Path(path).expanduser()
     directory = location if location.is_dir() or not location.suffix else location.parent
     return str(location), str(directory)
 

@@ -1,0 +1,358 @@
+"""The reconcile loop of ``modelplane run``: triggers, passes, and per-model work in the background.
+
+A pass is quick: it (re)reads the manifests when they changed, lists the runtimes, plans, and
+hands each action to a task of its own. Starting a model can take minutes, so it never holds up
+the pass, other models' actions, or requests to models that are ready. A model with an action
+under way is "busy": later passes leave it alone until that action ends, then run again.
+
+Triggers of a pass: manifest changes (watchfiles, debounced), the periodic resync, wake requests,
+stay-warm expiry, the end of an action, and ``POST /api/reconcile``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import watchfiles
+
+from .activity import ActivityTracker
+from .controller import Controller
+from .desired import Desired
+from .manifests import ManifestSet
+from .planner import Action, PruneRefused, plan
+from .runtimes.base import Instance
+
+log = logging.getLogger("modelplane.loop")
+
+DEBOUNCE_MS = 300
+BACKOFF_MAX = 300.0
+
+
+@dataclass
+class Phase:
+    name: str  # Asleep | Starting | Ready | Draining | Failed | Unschedulable | Downloading
+    reason: str = ""
+    retry_at: float | None = None
+    since: float = 0.0
+
+
+class WakeFailed(Exception):
+    """A start that a wake was waiting for failed (the backend's own fault: HTTP 502)."""
+
+
+class ReconcileLoop:
+    def __init__(
+        self,
+        controller: Controller,
+        activity: ActivityTracker,
+        allow_empty: bool = False,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        self.controller = controller
+        self.activity = activity
+        self.allow_empty = allow_empty
+        self.drain_timeout = drain_timeout
+        self.manifests: ManifestSet | None = None
+        self.desired: Desired | None = None
+        self.generation = 0
+        self.load_error: str | None = None
+        self.actual: list[Instance] = []
+        self.unavailable: dict[str, str] = {}
+        self.ready: dict[str, str] = {}  # model → endpoint of a healthy backend
+        self.phases: dict[str, Phase] = {}
+        self.busy: dict[str, asyncio.Task[None]] = {}
+        self.failures: dict[str, tuple[int, str]] = {}  # model → (failed starts, spec hash)
+        self.passes = 0
+        self.on_change: list[Callable[[], None]] = []  # called after each pass / phase change
+        self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._wakeup = asyncio.Event()
+        self._reload = True
+        self._pass_lock = asyncio.Lock()
+        self._last_errors: list[str] = []
+        self._refused: str | None = None
+        self._first_pass = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    # --- triggers ---------------------------------------------------------------------------
+
+    def trigger(self, reload: bool = False) -> None:
+        """Ask for a pass soon (``reload``: re-read the manifests first)."""
+        self._reload = self._reload or reload
+        self._wakeup.set()
+
+    async def wait_first_pass(self) -> None:
+        await self._first_pass.wait()
+
+    async def run(self) -> None:
+        """Passes until :meth:`stop`: on a trigger, at the next resync or stay-warm expiry."""
+        while not self._stopping.is_set():
+            try:
+                await self.pass_once()
+            except Exception:  # a pass must never kill the service; the next one retries
+                log.exception("reconcile pass failed")
+            timeout = max(0.0, self._next_deadline() - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            self._wakeup.clear()
+
+    async def watch(self) -> None:
+        """Re-read the manifests when any file under the directory changes (debounced)."""
+        directory = self.controller.manifest_dir
+        while not self._stopping.is_set():
+            if not directory.is_dir():
+                await asyncio.sleep(1.0)
+                continue
+            with contextlib.suppress(FileNotFoundError, RuntimeError):
+                async for _changes in watchfiles.awatch(
+                    directory,
+                    debounce=DEBOUNCE_MS,
+                    step=50,
+                    stop_event=self._stopping,
+                    recursive=True,
+                ):
+                    log.info("manifests changed", extra={"event": "manifests-changed"})
+                    self.trigger(reload=True)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+        for task in list(self.busy.values()):
+            task.cancel()
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(WakeFailed("modelplane is shutting down"))
+
+    def _next_deadline(self) -> float:
+        now = time.time()
+        resync = self.desired.node.resync if self.desired else 30.0
+        deadline = now + resync
+        if self.desired is None:
+            return deadline
+        for name in self.ready:
+            model = self.desired.models.get(name)
+            if model is None or model.pinned or self.activity.busy(name):
+                continue
+            last = self.activity.last_used.get(name) or self._started_at(name) or now
+            deadline = min(deadline, last + model.spec.stay_warm + 0.05)
+        failed_retry = [p.retry_at for p in self.phases.values() if p.retry_at]
+        return min([deadline, *failed_retry])
+
+    def _started_at(self, name: str) -> float | None:
+        return next((i.started_at for i in self.actual if i.model == name), None)
+
+    # --- one pass ---------------------------------------------------------------------------
+
+    async def pass_once(self) -> None:
+        async with self._pass_lock:
+            if self._reload or self.desired is None:
+                self._reload = False
+                await self._load()
+            if self.desired is None:
+                return
+            self.actual, self.unavailable = await self.controller.observe(self.desired)
+            await self._sync_ready()
+            now = time.time()
+            try:
+                actions = plan(
+                    self.desired,
+                    self.actual,
+                    now,
+                    self.activity.snapshot(),
+                    allow_empty=self.allow_empty,
+                )
+                self._refused = None
+            except PruneRefused as exc:
+                actions = []
+                if self._refused != str(exc):
+                    self._refused = str(exc)
+                    await self.controller.store.add_event("PruneRefused", str(exc))
+            for action in actions:
+                self.dispatch(action, now)
+            self.passes += 1
+            self._first_pass.set()
+            self._changed()
+
+    async def _load(self) -> None:
+        store = self.controller.store
+        try:
+            manifests, desired = await self.controller.load()
+        except FileNotFoundError as exc:
+            self.load_error = str(exc)  # keep what is in force; nothing stops
+            return
+        self.load_error = None
+        errors = [str(e) for e in manifests.errors]
+        await store.replace_documents(i.stored() for i in manifests.in_force())
+        last = await store.last_generation()
+        if last is None or last.digest != manifests.digest:
+            summary = {
+                "models": {n: m.spec_hash for n, m in desired.models.items()},
+                "errors": errors,
+            }
+            self.generation = await store.add_generation(manifests.digest, "applied", summary)
+            await store.add_event(
+                "Applied",
+                f"generation {self.generation}: {len(desired.models)} model(s), "
+                f"{len(errors)} invalid document(s)",
+            )
+        else:
+            self.generation = last.id
+        if errors and errors != self._last_errors:
+            await store.add_event(
+                "Invalid",
+                "invalid manifests; last valid versions kept:\n" + "\n".join(errors),
+            )
+        self._last_errors = errors
+        for name, model in desired.models.items():
+            failures = self.failures.get(name)
+            if failures and failures[1] != model.spec_hash:
+                del self.failures[name]  # a new spec gets a fresh start
+                self.phases.pop(name, None)
+        self.manifests, self.desired = manifests, desired
+
+    async def _sync_ready(self) -> None:
+        """Adopt healthy backends we did not start; forget ones that are gone."""
+        running = {i.model: i for i in self.actual if i.managed and i.state == "running"}
+        exited = {i.model: i for i in self.actual if i.managed and i.state == "exited"}
+        for name in list(self.ready):
+            if name in self.busy or name in running:
+                continue
+            del self.ready[name]
+            reason = exited[name].exit_reason if name in exited else "backend is gone"
+            self._set_phase(name, "Failed", reason or "exited")
+        for name, inst in running.items():
+            if name in self.ready or name in self.busy or inst.endpoint is None:
+                continue
+            if await self.controller.runtimes.get(inst.runtime).healthy(inst):
+                self.ready[name] = inst.endpoint
+                self._set_phase(name, "Ready")
+                self._resolve(name, inst.endpoint)
+            else:
+                self._set_phase(name, "Starting", "health check not answering yet")
+
+    # --- actions ----------------------------------------------------------------------------
+
+    def dispatch(
+        self, action: Action, now: float, manual: bool = False
+    ) -> asyncio.Task[None] | None:
+        """Run ``action`` in the background unless the model already has one under way.
+
+        A planned unload is dropped when a request arrived since the plan was made; a manual one
+        (``manual``) drains the requests in flight first.
+        """
+        name = action.model
+        if name in self.busy:
+            return None
+        if action.kind == "unload" and self.activity.busy(name) and not manual:
+            return None
+        phase = self.phases.get(name)
+        if action.kind == "start" and phase and phase.retry_at and phase.retry_at > now:
+            return None  # backing off after failed starts
+        if action.kind in ("stop", "unload", "recreate"):
+            self.ready.pop(name, None)
+            self._set_phase(name, "Draining", action.cause)
+        else:
+            self._set_phase(name, "Starting", action.cause)
+        task = asyncio.create_task(self._run_action(action), name=f"action {action}")
+        self.busy[name] = task
+        return task
+
+    async def _run_action(self, action: Action) -> None:
+        name = action.model
+        assert self.desired is not None
+        desired = self.desired
+        try:
+            if action.kind in ("stop", "unload", "recreate"):
+                await self._drain(name)
+            if action.kind in ("start", "recreate"):
+                self._set_phase(name, "Starting", action.cause)
+            outcome = await self.controller.executor.execute(action, desired, self.generation)
+            if action.kind in ("start", "recreate"):
+                self.activity.wanted.discard(name)
+                if outcome.ok and outcome.instance and outcome.instance.endpoint:
+                    self.failures.pop(name, None)
+                    self.ready[name] = outcome.instance.endpoint
+                    self._set_phase(name, "Ready")
+                    self._resolve(name, outcome.instance.endpoint)
+                else:
+                    self._start_failed(name, outcome.message, desired)
+            elif outcome.ok:
+                if name in desired.models:
+                    self._set_phase(name, "Asleep", action.cause)
+                else:
+                    self.phases.pop(name, None)
+            else:
+                self._set_phase(name, "Failed", outcome.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("action %s failed", action)
+            self._start_failed(name, f"{type(exc).__name__}: {exc}", desired)
+        finally:
+            self.busy.pop(name, None)
+            self.trigger()
+
+    def _start_failed(self, name: str, message: str, desired: Desired) -> None:
+        model = desired.models.get(name)
+        count = self.failures.get(name, (0, ""))[0] + 1
+        self.failures[name] = (count, model.spec_hash if model else "")
+        delay = min(BACKOFF_MAX, 2.0**count)
+        retry_at = time.time() + delay
+        self._set_phase(name, "Failed", message, retry_at)
+        self._fail_waiters(name, WakeFailed(message))
+
+    async def _drain(self, name: str) -> None:
+        """Let requests in flight finish (bounded) before the backend stops."""
+        deadline = time.monotonic() + self.drain_timeout
+        while self.activity.busy(name) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # --- waking -----------------------------------------------------------------------------
+
+    async def wake(self, name: str, timeout: float) -> str:
+        """The endpoint of ``name`` once ready; one start however many callers wait."""
+        endpoint = self.ready.get(name)
+        if endpoint is not None:
+            return endpoint
+        waiter = self._waiters.get(name)
+        if waiter is None or waiter.done():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters[name] = waiter
+        self.activity.wanted.add(name)
+        self.trigger()
+        return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+
+    def _resolve(self, name: str, endpoint: str) -> None:
+        waiter = self._waiters.pop(name, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(endpoint)
+
+    def _fail_waiters(self, name: str, exc: Exception) -> None:
+        waiter = self._waiters.pop(name, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+            waiter.exception()  # mark retrieved: a waiter may have timed out already
+
+    def _set_phase(
+        self, name: str, phase: str, reason: str = "", retry_at: float | None = None
+    ) -> None:
+        current = self.phases.get(name)
+        if current and current.name == phase and current.reason == reason:
+            current.retry_at = retry_at
+            return
+        self.phases[name] = Phase(phase, reason, retry_at, time.time())
+        self._changed()
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
+
+    def backend_failed(self, name: str, reason: str) -> None:
+        """The proxy saw the backend break: stop routing to it and look at it now."""
+        if self.ready.pop(name, None) is not None:
+            self._set_phase(name, "Failed", reason)
+        self.trigger()
