@@ -143,6 +143,10 @@ class DockerDaemon:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def start(self, timeout: float = 60.0) -> None:
         """Start (or start again) the owned dockerd and wait until it answers a ping."""
         assert self.owned and self.workdir and self.data_root
@@ -190,9 +194,17 @@ class DockerDaemon:
             return
         self.stop()
         if self.workdir:
+            _unmount_under(self.workdir)  # dockerd leaves exec-root/netns/default mounted
             shutil.rmtree(self.workdir, ignore_errors=True)
         if self._lock is not None:
             self._lock.close()
+
+
+def _unmount_under(path: Path) -> None:
+    prefix = str(path) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for point in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
 
 
 def _why_not_root() -> str | None:
@@ -255,12 +267,19 @@ def start_daemon(persistent: bool = True) -> DockerDaemon:
     return daemon
 
 
-def remove_test_containers(client: docker.DockerClient) -> None:
-    """Remove what earlier runs left: managed containers and those the tests made by hand."""
+def remove_test_leftovers(client: docker.DockerClient) -> None:
+    """Remove what tests leave: managed containers and networks, and containers made by hand.
+
+    A bridge network is a real interface on the host, recreated by every daemon start from a
+    persistent data-root, so it is removed too.
+    """
     for label in ("modelplane.managed=true", f"{TEST_LABEL}=true"):
         for container in client.containers.list(all=True, filters={"label": label}):
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 container.remove(force=True)
+        for network in client.networks.list(filters={"label": label}):
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                network.remove()
 
 
 def main(argv: list[str]) -> int:

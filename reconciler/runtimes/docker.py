@@ -452,10 +452,16 @@ class DockerRuntime:
         def ensure(client: docker.DockerClient) -> None:
             if client.networks.list(names=[self.bridge_network]):
                 return
-            with contextlib.suppress(docker.errors.Conflict):
+            try:
                 client.networks.create(
                     self.bridge_network, driver="bridge", labels={MANAGED_LABEL: "true"}
                 )
+            except docker.errors.APIError as exc:
+                if client.networks.list(names=[self.bridge_network]):
+                    return  # created meanwhile by a concurrent start
+                raise StartError(
+                    f"cannot create the bridge network {self.bridge_network}: {_explain(exc)}"
+                ) from exc
 
         await self._call(ensure)
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -79,6 +80,7 @@ class ContainerEvents:
         self._stream = None  # the SDK's CancellableStream, closed to wake the reader thread
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
+        self._started_at = 0.0
 
     def _client(self) -> docker.DockerClient:
         if self.base_url:
@@ -87,7 +89,9 @@ class ContainerEvents:
 
     def _read(self, loop: asyncio.AbstractEventLoop) -> None:
         """The reader thread: follow the stream, reconnect with backoff until closed."""
-        since: str | None = None  # just after the last event seen, "seconds.nanoseconds"
+        # from when the iterator started (events before the subscription are replayed), then
+        # from just after the last event seen; "seconds.nanoseconds"
+        since: str | None = f"{self._started_at:.9f}"
         delay = self.reconnect_initial
         filters = {
             "type": ["container"],
@@ -123,6 +127,7 @@ class ContainerEvents:
 
     def start(self) -> ContainerEvents:
         if self._thread is None:
+            self._started_at = time.time()
             loop = asyncio.get_running_loop()
             self._thread = threading.Thread(
                 target=self._read, args=(loop,), name="docker-events", daemon=True
