@@ -8,6 +8,8 @@ host's network), and import a tiny Debian image built once per machine with ``de
   or stopped, only containers carrying :data:`TEST_LABEL` or the managed label are cleaned up);
 * ``MODELPLANE_TEST_CACHE`` (default ``~/.cache/modelplane-test``) keeps the rootfs tarball and a
   persistent data-root, so a second run imports nothing;
+* ``MODELPLANE_TEST_DOCKER_FRESH=1`` uses a throwaway data-root instead (the image is imported
+  again from the cached tarball, a few seconds);
 * ``MODELPLANE_TEST_REQUIRE_DOCKER=1`` (CI) turns "cannot start dockerd" from a skip into a failure.
 
 It is also a small command line, so CI can warm the cache before the tests run::
@@ -234,7 +236,7 @@ def _persistent_data_root() -> tuple[Path | None, object]:
     return cache_dir() / "data-root", handle
 
 
-def start_daemon(persistent: bool = True) -> DockerDaemon:
+def start_daemon(persistent: bool | None = None) -> DockerDaemon:
     """Reuse ``MODELPLANE_TEST_DOCKER_HOST`` or start a private dockerd; raise DockerUnavailable."""
     host = os.environ.get("MODELPLANE_TEST_DOCKER_HOST")
     if host:
@@ -251,6 +253,8 @@ def start_daemon(persistent: bool = True) -> DockerDaemon:
         raise DockerUnavailable(reason)
     # unix socket paths are limited to 108 bytes: keep the dir short, not under pytest's tmp_path
     workdir = Path(tempfile.mkdtemp(prefix="mpd-", dir="/tmp"))
+    if persistent is None:
+        persistent = os.environ.get("MODELPLANE_TEST_DOCKER_FRESH") != "1"
     data_root, lock = _persistent_data_root() if persistent else (None, None)
     daemon = DockerDaemon(
         host=f"unix://{workdir / 'docker.sock'}",

@@ -268,7 +268,10 @@ class DockerRuntime:
 
     def _unavailable(self, exc: BaseException) -> RuntimeUnavailable:
         where = self.base_url or "DOCKER_HOST (or the default socket)"
-        return RuntimeUnavailable(f"docker daemon at {where} is unreachable: {_root_cause(exc)}")
+        return RuntimeUnavailable(
+            f"docker daemon at {where} is unreachable: {_root_cause(exc)} "
+            "(is dockerd running, and may modelplane use its socket?)"
+        )
 
     async def _call(self, fn: Callable[[docker.DockerClient], T]) -> T:
         """Run ``fn(client)`` in a thread; an unreachable daemon becomes RuntimeUnavailable."""
@@ -295,7 +298,9 @@ class DockerRuntime:
 
     async def list(self) -> list[Instance]:
         def managed(client: docker.DockerClient) -> list[dict[str, Any]]:
-            found = client.containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
+            found = client.containers.list(
+                all=True, filters={"label": f"{MANAGED_LABEL}=true"}, ignore_removed=True
+            )
             out = []
             for container in found:
                 attrs = container.attrs
@@ -304,7 +309,8 @@ class DockerRuntime:
                     continue
                 tail = ""
                 if attrs.get("State", {}).get("Status") in ("exited", "dead"):
-                    tail = _decode(container.logs(tail=20))
+                    with contextlib.suppress(docker.errors.NotFound):  # removed meanwhile
+                        tail = _decode(container.logs(tail=20))
                 out.append({"attrs": attrs, "tail": tail})
             return out
 
@@ -482,9 +488,10 @@ class DockerRuntime:
             except docker.errors.APIError as exc:
                 with contextlib.suppress(docker.errors.APIError):
                     container.remove(force=True)
-                raise StartError(
-                    f"model {model}: the container did not start: {_explain(exc)}"
-                ) from exc
+                reason = _explain(exc)
+                if "could not select device driver" in reason:
+                    reason += " (GPUs need the NVIDIA Container Toolkit configured for docker)"
+                raise StartError(f"model {model}: the container did not start: {reason}") from exc
             return container.id
 
         return await self._call(run)

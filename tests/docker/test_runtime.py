@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import docker
 import docker.errors
@@ -21,6 +22,7 @@ from reconciler.runtimes.docker import (
     container_kwargs,
 )
 from tests.docker.conftest import TESTS_DIR
+from tests.docker.registry import Registry
 from tests.docker_env import IMAGE, TEST_LABEL
 
 
@@ -138,6 +140,26 @@ async def test_image_pull_never_with_a_missing_image_is_a_clear_permanent_error(
     assert "modelplane-tiny" not in names(docker_client)
 
 
+async def test_a_missing_image_is_pulled_with_progress(docker_daemon, docker_client):
+    seen: list[PullProgress] = []
+    runtime = DockerRuntime(docker_daemon.host, on_pull=seen.append)
+    with Registry() as registry:
+        image = f"{registry.host}/modelplane-test/tiny:1"
+        try:
+            await runtime.ensure_image(image, "IfNotPresent", "m")
+
+            assert seen[0] == PullProgress("m", image, "pulling")
+            assert (seen[-1].status, seen[-1].layers_done, seen[-1].layers_total) == ("done", 1, 1)
+            docker_client.images.get(image)
+            pulls = registry.manifest_requests
+            await runtime.ensure_image(image, "IfNotPresent", "m")
+            assert registry.manifest_requests == pulls  # present: not pulled again
+            await runtime.ensure_image(image, "Always", "m")
+            assert registry.manifest_requests > pulls
+        finally:
+            docker_client.images.remove(image, force=True)
+
+
 async def test_pulls_report_progress_and_fall_back_to_a_local_image(
     docker_daemon, make_spec, docker_client
 ):
@@ -148,7 +170,7 @@ async def test_pulls_report_progress_and_fall_back_to_a_local_image(
     docker_client.images.get(IMAGE).tag(local)
     try:
         missing = make_spec("tiny", image="127.0.0.1:9/modelplane-test/missing:1")
-        with pytest.raises(StartError, match="pulling image 127.0.0.1:9/modelplane-test/missing:1"):
+        with pytest.raises(StartError, match=re.escape(f"pulling image {missing.image} failed")):
             await runtime.start(missing)
         assert [p.status for p in seen] == ["pulling", "failed"]
 
@@ -185,7 +207,13 @@ async def test_gpus_become_device_requests(runtime, make_spec, docker_client):
     created = docker_client.containers.create(**container_kwargs(spec, 8000, "modelplane"))
     requests = docker_client.api.inspect_container(created.id)["HostConfig"]["DeviceRequests"]
     assert requests == [
-        {"Driver": "", "Count": 0, "DeviceIDs": ["0", "1"], "Capabilities": [["gpu"]], "Options": {}}
+        {
+            "Driver": "",
+            "Count": 0,
+            "DeviceIDs": ["0", "1"],
+            "Capabilities": [["gpu"]],
+            "Options": {},
+        }
     ]
     created.remove()
 
@@ -196,7 +224,7 @@ async def test_gpus_become_device_requests(runtime, make_spec, docker_client):
     none.remove()
 
     # this daemon has no NVIDIA runtime: docker refuses to start it, and says why
-    with pytest.raises(StartError, match="the container did not start: .*device driver"):
+    with pytest.raises(StartError, match=r"the container did not start: .*device driver"):
         await runtime.start(spec)
     assert "modelplane-gpu" not in names(docker_client)
 
