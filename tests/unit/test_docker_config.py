@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -18,7 +19,7 @@ from reconciler.runtimes.docker import (
     instance_from_attrs,
 )
 from reconciler.runtimes.docker_events import parse_event
-from tests.docker_env import debian_mirror
+from tests.docker_env import DockerUnavailable, debian_mirror, start_daemon
 
 
 def spec(**overrides: object) -> LaunchSpec:
@@ -225,3 +226,11 @@ def test_debian_mirror_from_deb822_and_one_line_sources(tmp_path):
     assert debian_mirror((other, deb822)) == "http://mirror.example/debian"
     assert debian_mirror((one_line,)) == "http://old.example/debian"
     assert debian_mirror((other,)) == "http://deb.debian.org/debian"
+
+
+def test_no_root_no_daemon_with_a_clear_reason(monkeypatch):
+    monkeypatch.delenv("MODELPLANE_TEST_DOCKER_HOST", raising=False)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+
+    with pytest.raises(DockerUnavailable, match="dockerd must run as root"):
+        start_daemon()
