@@ -162,6 +162,9 @@ class DockerDaemon:
             f"--data-root={self.data_root}",
             f"--exec-root={self.workdir / 'exec'}",
             f"--pidfile={self.workdir / 'docker.pid'}",
+            # if a system containerd runs, dockerd uses it: keep our containers apart from its
+            "--containerd-namespace=modelplane-test",
+            "--containerd-plugins-namespace=modelplane-test-plugins",
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

@@ -75,7 +75,7 @@ class ContainerEvents:
         self.actions = actions
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
-        self._queue: asyncio.Queue[ContainerEvent] = asyncio.Queue()
+        self._queue: asyncio.Queue[ContainerEvent | None] = asyncio.Queue()  # None: closed
         self._closed = threading.Event()
         self._stream = None  # the SDK's CancellableStream, closed to wake the reader thread
         self._thread: threading.Thread | None = None
@@ -144,12 +144,15 @@ class ContainerEvents:
 
     async def __anext__(self) -> ContainerEvent:
         self.start()
-        if self._closed.is_set():
+        event = None if self._closed.is_set() else await self._queue.get()
+        if event is None:
+            self._queue.put_nowait(None)  # for any other waiting consumer
             raise StopAsyncIteration
-        return await self._queue.get()
+        return event
 
     async def aclose(self) -> None:
         self._closed.set()
+        self._queue.put_nowait(None)  # wakes a consumer waiting in __anext__
         stream = self._stream
         if stream is not None:
             with contextlib.suppress(Exception):

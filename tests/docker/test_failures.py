@@ -69,3 +69,16 @@ async def test_daemon_down_is_a_clear_error_and_the_runtime_recovers(
         while event.container_id != again.ident:  # the shutdown's own events may come first
             event = await next_event(events)
         assert event.model == "tiny" and event.action in ("stop", "die")
+
+
+async def test_closing_the_event_stream_ends_a_waiting_consumer(docker_daemon):
+    events = ContainerEvents(docker_daemon.host)
+    events.start()
+    await events.wait_connected()
+    waiting = asyncio.ensure_future(anext(events))
+    await asyncio.sleep(0.1)
+
+    await events.aclose()
+
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(waiting, 5)

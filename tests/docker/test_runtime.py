@@ -259,3 +259,14 @@ async def test_start_replaces_an_exited_managed_container(runtime, make_spec, do
     with pytest.raises(docker.errors.NotFound):
         docker_client.containers.get(first.ident)
     assert [i.ident for i in await runtime.list()] == [second.ident]
+
+
+async def test_stop_kills_a_backend_that_ignores_sigterm_after_the_grace(
+    runtime, make_spec, docker_client
+):
+    instance = await runtime.start(make_spec("stubborn", "--ignore-sigterm"))
+
+    await runtime.stop(instance, grace=1)
+
+    assert "modelplane-stubborn" not in names(docker_client)
+    assert await runtime.list() == []
