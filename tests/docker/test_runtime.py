@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import docker
 import docker.errors
@@ -21,7 +24,7 @@ from reconciler.runtimes.docker import (
     PullProgress,
     container_kwargs,
 )
-from tests.docker.conftest import TESTS_DIR
+from tests.docker.conftest import FAKEBACKEND, TESTS_DIR
 from tests.docker.registry import Registry
 from tests.docker_env import IMAGE, TEST_LABEL
 
@@ -230,23 +233,34 @@ async def test_gpus_become_device_requests(runtime, make_spec, docker_client):
 
 
 async def test_container_options_reach_the_container(runtime, make_spec, docker_client, tmp_path):
-    options = ContainerOptions(
-        shm_size=64 * 2**20,
-        memory=512 * 2**20,
-        user="65534:65534",
-        volumes=(f"{tmp_path}:/scratch:ro",),
-        extra_args={"ulimits": [docker.types.Ulimit(name="nofile", soft=1024, hard=2048)]},
-    )
-    instance = await runtime.start(make_spec("tiny", container=options))
+    # an unprivileged user must read the script: copy it where anyone can (the checkout may not be)
+    public = Path(tempfile.mkdtemp(prefix="mp-public-", dir="/tmp"))
+    try:
+        public.chmod(0o755)
+        script = public / "fakebackend.py"
+        shutil.copy(FAKEBACKEND, script)
+        script.chmod(0o644)
+        options = ContainerOptions(
+            shm_size=64 * 2**20,
+            memory=512 * 2**20,
+            user="65534:65534",
+            volumes=(f"{tmp_path}:/scratch:ro",),
+            extra_args={"ulimits": [{"name": "nofile", "soft": 1024, "hard": 2048}]},
+        )
+        spec = make_spec("tiny", container=options, mounts=(str(public),))
+        command = ("python3", str(script), *spec.command[2:])
+        instance = await runtime.start(dataclasses.replace(spec, command=command))
 
-    host_config = docker_client.api.inspect_container(instance.ident)["HostConfig"]
-    assert host_config["ShmSize"] == 64 * 2**20
-    assert host_config["Memory"] == 512 * 2**20
-    assert host_config["Binds"] == [f"{tmp_path}:/scratch:ro"]
-    assert host_config["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]
-    container = docker_client.containers.get(instance.ident)
-    assert container.exec_run(["id", "-u"]).output.strip() == b"65534"
-    assert "tiny" in chat(instance.endpoint, "tiny")
+        host_config = docker_client.api.inspect_container(instance.ident)["HostConfig"]
+        assert host_config["ShmSize"] == 64 * 2**20
+        assert host_config["Memory"] == 512 * 2**20
+        assert host_config["Binds"] == [f"{tmp_path}:/scratch:ro"]
+        assert host_config["Ulimits"] == [{"Name": "nofile", "Soft": 1024, "Hard": 2048}]
+        container = docker_client.containers.get(instance.ident)
+        assert container.exec_run(["id", "-u"]).output.strip() == b"65534"
+        assert "tiny" in chat(instance.endpoint, "tiny")
+    finally:
+        shutil.rmtree(public)
 
 
 async def test_start_replaces_an_exited_managed_container(runtime, make_spec, docker_client):
