@@ -194,6 +194,8 @@ def _shares(demand: ModelDemand, gpus: Sequence[GpuInfo], free: dict[int, int]) 
         return None
     if demand.engine in VLLM_ENGINES:  # vLLM: the same share of every GPU's total
         fraction = demand.fraction or _vllm_utilization(demand, gpus)
+        if fraction > 1:
+            return None  # spec.vram is more than these GPUs hold
         shard = (demand.bytes - demand.per_gpu) / n + demand.per_gpu
         if demand.fraction is not None and shard > fraction * min(g.total for g in gpus):
             return None  # the weights do not fit in that many shards
@@ -212,7 +214,7 @@ def _shares(demand: ModelDemand, gpus: Sequence[GpuInfo], free: dict[int, int]) 
 def _vllm_utilization(demand: ModelDemand, gpus: Sequence[GpuInfo]) -> float:
     """``--gpu-memory-utilization`` that gives vLLM its ``spec.vram`` (rounded up to 0.01)."""
     per = demand.bytes / len(gpus)
-    return min(1.0, max(math.ceil(per / g.total * 100) / 100 for g in gpus))
+    return max(math.ceil(per / g.total * 100) / 100 for g in gpus)
 
 
 def _split_args(demand: ModelDemand, gpus: Sequence[GpuInfo], shares: list[int]) -> tuple[str, ...]:
