@@ -72,12 +72,14 @@ def choose_victims(
 ) -> Eviction | Unschedulable:
     """Who to evict so ``demand`` fits; no victims when it fits already.
 
-    ``models`` are every model holding claims (the demand itself excluded); ``other_claims``
-    any claim not attached to one of them. A victim's NVML memory counts as freed at its
+    ``models`` are every model holding claims (an entry named like the demand is ignored, claims
+    included: a recreated model's old instance stops first); ``other_claims`` any claim not
+    attached to one of them. A victim's NVML memory counts as freed at its
     ``observed`` figure, or at its claim when NVML could not attribute it. After stopping the
     victims, call :func:`place` again until it succeeds (NVML shows the memory free) before
     starting the demand.
     """
+    models = [m for m in models if m.name != demand.name]
     claims = [c for m in models for c in m.claims] + list(other_claims)
     first = place(demand, gpus, claims, reserve)
     if isinstance(first, Placement):
@@ -114,7 +116,7 @@ def _candidates(
     ok: list[RunningModel] = []
     refused: list[str] = []
     for m in sorted(models, key=lambda m: m.name):
-        if m.name == demand.name or not m.claims:
+        if not m.claims:
             continue
         if m.pinned:
             refused.append(f"{m.name} is pinned")

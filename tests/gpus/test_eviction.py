@@ -220,3 +220,9 @@ def test_eviction_properties(box) -> None:
     for v in victims:  # and no victim was needed for nothing
         kept = rest + list(v.claims)
         assert isinstance(place(d, gpus, kept), Unschedulable)
+
+
+def test_the_demands_own_old_instance_is_not_counted() -> None:
+    models = [model("new", 20, priority=HIGH), model("low", 2, priority=LOW)]
+    result = choose_victims(want(20), static(24), models)
+    assert isinstance(result, Eviction) and result.victims == ()
