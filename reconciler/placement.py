@@ -161,21 +161,30 @@ def _auto(
     for k in sizes:
         if k > len(gpus):
             break
+        if not _may_fit(demand, k, free):
+            continue
         fits = [p for combo in itertools.combinations(gpus, k) if (p := _fit(demand, combo, free))]
         if fits:
-            best = min(
-                fits,
-                key=lambda p: (
-                    sum(free[g] - s for g, s in zip(p.gpus, p.shares, strict=True)),
-                    p.gpus,
-                ),
-            )
-            leftover = sum(free[g] - s for g, s in zip(best.gpus, best.shares, strict=True))
+            best = min(fits, key=lambda p: (_leftover(p, free), p.gpus))
+            leftover = _leftover(best, free)
             how = "best fit" if k == 1 else f"spread over {k} GPUs (no single GPU fits)"
             return Placement(
                 best.gpus, best.shares, best.args, f"{how}; leaves {fmt_size(leftover)}"
             )
     return Unschedulable(_explain(demand, gpus, free))
+
+
+def _may_fit(demand: ModelDemand, k: int, free: dict[int, int]) -> bool:
+    """A cheap bound: can any ``k`` GPUs hold a llama-style split? (Saves trying every set.)"""
+    if demand.engine in VLLM_ENGINES or demand.tensor_split:
+        return True
+    fixed = min(demand.per_gpu, demand.bytes)
+    room = sorted((max(0, f - fixed) for f in free.values()), reverse=True)
+    return sum(room[:k]) >= demand.bytes - fixed
+
+
+def _leftover(p: Placement, free: dict[int, int]) -> int:
+    return sum(free[g] - s for g, s in zip(p.gpus, p.shares, strict=True))
 
 
 def _fit(demand: ModelDemand, gpus: Sequence[GpuInfo], free: dict[int, int]) -> Placement | None:
