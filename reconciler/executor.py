@@ -29,6 +29,7 @@ class Outcome:
     ok: bool
     message: str = ""
     instance: Instance | None = None
+    permanent: bool = False  # a failure that only a spec change can mend
 
 
 def explicit_placement(model: DesiredModel) -> Placement:
@@ -107,7 +108,7 @@ class Executor:
         try:
             instance = await runtime.start(spec)
         except StartError as exc:
-            return await self._failed(action, str(exc))
+            return await self._failed(action, str(exc), exc.permanent)
         except Exception as exc:  # runtime unavailable, docker API errors, ...
             return await self._failed(action, f"{type(exc).__name__}: {exc}")
         took = time.monotonic() - began
@@ -117,10 +118,10 @@ class Executor:
         )
         return Outcome(action, True, instance=instance)
 
-    async def _failed(self, action: Action, message: str) -> Outcome:
+    async def _failed(self, action: Action, message: str, permanent: bool = False) -> Outcome:
         await self.store.set_model_state(action.model, "Failed", message)
         await self.event("Failed", f"{action}: {message}", action.model)
-        return Outcome(action, False, message)
+        return Outcome(action, False, message, permanent=permanent)
 
     async def event(self, kind: str, message: str, model: str | None = None) -> None:
         await self.store.add_event(kind, message, model)

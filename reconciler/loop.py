@@ -25,12 +25,12 @@ from .controller import Controller
 from .desired import Desired
 from .manifests import ManifestSet
 from .planner import Action, PruneRefused, plan
+from .runtimes.backoff import CrashBackoff
 from .runtimes.base import Instance
 
 log = logging.getLogger("modelplane.loop")
 
 DEBOUNCE_MS = 300
-BACKOFF_MAX = 300.0
 
 
 @dataclass
@@ -66,7 +66,7 @@ class ReconcileLoop:
         self.ready: dict[str, str] = {}  # model → endpoint of a healthy backend
         self.phases: dict[str, Phase] = {}
         self.busy: dict[str, asyncio.Task[None]] = {}
-        self.failures: dict[str, tuple[int, str]] = {}  # model → (failed starts, spec hash)
+        self.backoff = CrashBackoff()
         self.passes = 0
         self.on_change: list[Callable[[], None]] = []  # called after each pass / phase change
         self._waiters: dict[str, asyncio.Future[str]] = {}
@@ -118,6 +118,29 @@ class ReconcileLoop:
                     log.info("manifests changed", extra={"event": "manifests-changed"})
                     self.trigger(reload=True)
 
+    async def watch_docker(self) -> None:
+        """See a managed container exit at once (the daemon's event stream), not at resync."""
+        from .runtimes.docker_events import ContainerEvents
+
+        while not self._stopping.is_set():
+            desired = self.desired
+            uses_docker = desired is not None and (
+                desired.node.runtime == "docker"
+                or any(m.runtime == "docker" for m in desired.models.values())
+            )
+            if not uses_docker:
+                await asyncio.sleep(2.0)
+                continue
+            assert desired is not None
+            try:
+                async with ContainerEvents(desired.node.docker_host) as events:
+                    async for event in events:
+                        log.info("container %s: %s", event.model, event.action)
+                        self.trigger()
+            except Exception as exc:  # the daemon went away: resync reports it; retry soon
+                log.warning("docker events unavailable: %s", exc)
+                await asyncio.sleep(2.0)
+
     async def stop(self) -> None:
         self._stopping.set()
         self._wakeup.set()
@@ -139,8 +162,8 @@ class ReconcileLoop:
                 continue
             last = self.activity.last_used.get(name) or self._started_at(name) or now
             deadline = min(deadline, last + model.spec.stay_warm + 0.05)
-        failed_retry = [p.retry_at for p in self.phases.values() if p.retry_at]
-        return min([deadline, *failed_retry])
+        retries = [p.retry_at for p in self.phases.values() if p.retry_at and p.retry_at > now]
+        return min([deadline, *retries])
 
     def _started_at(self, name: str) -> float | None:
         return next((i.started_at for i in self.actual if i.model == name), None)
@@ -208,10 +231,12 @@ class ReconcileLoop:
             )
         self._last_errors = errors
         for name, model in desired.models.items():
-            failures = self.failures.get(name)
-            if failures and failures[1] != model.spec_hash:
-                del self.failures[name]  # a new spec gets a fresh start
-                self.phases.pop(name, None)
+            phase = self.phases.get(name)
+            if phase and phase.name == "Failed" and not self.backoff.get(name, model.spec_hash):
+                self.phases.pop(name, None)  # a new spec gets a fresh start
+        for name in set(self.phases) - set(desired.models) - set(self.busy):
+            self.backoff.reset(name)
+            del self.phases[name]
         self.manifests, self.desired = manifests, desired
 
     async def _sync_ready(self) -> None:
@@ -222,8 +247,11 @@ class ReconcileLoop:
             if name in self.busy or name in running:
                 continue
             del self.ready[name]
-            reason = exited[name].exit_reason if name in exited else "backend is gone"
-            self._set_phase(name, "Failed", reason or "exited")
+            gone = exited.get(name)
+            reason = (gone.exit_reason if gone else None) or "backend is gone"
+            uptime = time.time() - gone.started_at if gone and gone.started_at else None
+            tail = await self._log_tail(gone) if gone else ""
+            self._record_failure(name, f"crashed: {reason}", tail, uptime=uptime)
         for name, inst in running.items():
             if name in self.ready or name in self.busy or inst.endpoint is None:
                 continue
@@ -249,10 +277,15 @@ class ReconcileLoop:
             return None
         if action.kind == "unload" and self.activity.busy(name) and not manual:
             return None
-        phase = self.phases.get(name)
-        if action.kind == "start" and phase and phase.retry_at and phase.retry_at > now:
+        model = self.desired.models.get(name) if self.desired else None
+        if (
+            action.kind == "start"
+            and model
+            and not self.backoff.may_start(name, model.spec_hash, now)
+        ):
             return None  # backing off after failed starts
-        if action.kind in ("stop", "unload", "recreate"):
+        cleanup = action.instance is not None and action.instance.state == "exited"
+        if action.kind in ("stop", "unload", "recreate") and not cleanup:
             self.ready.pop(name, None)
             self._set_phase(name, "Draining", action.cause)
         else:
@@ -274,36 +307,62 @@ class ReconcileLoop:
             if action.kind in ("start", "recreate"):
                 self.activity.wanted.discard(name)
                 if outcome.ok and outcome.instance and outcome.instance.endpoint:
-                    self.failures.pop(name, None)
                     self.ready[name] = outcome.instance.endpoint
                     self._set_phase(name, "Ready")
                     self._resolve(name, outcome.instance.endpoint)
                 else:
-                    self._start_failed(name, outcome.message, desired)
+                    self._record_failure(name, outcome.message, permanent=outcome.permanent)
             elif outcome.ok:
-                if name in desired.models:
-                    self._set_phase(name, "Asleep", action.cause)
-                else:
+                crashed = action.instance is not None and action.instance.state == "exited"
+                if name not in desired.models:
                     self.phases.pop(name, None)
+                elif not crashed:  # after a crash the phase stays Failed, with its reason
+                    self._set_phase(name, "Asleep", action.cause)
             else:
                 self._set_phase(name, "Failed", outcome.message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("action %s failed", action)
-            self._start_failed(name, f"{type(exc).__name__}: {exc}", desired)
+            self._record_failure(name, f"{type(exc).__name__}: {exc}")
         finally:
             self.busy.pop(name, None)
             self.trigger()
 
-    def _start_failed(self, name: str, message: str, desired: Desired) -> None:
-        model = desired.models.get(name)
-        count = self.failures.get(name, (0, ""))[0] + 1
-        self.failures[name] = (count, model.spec_hash if model else "")
-        delay = min(BACKOFF_MAX, 2.0**count)
-        retry_at = time.time() + delay
-        self._set_phase(name, "Failed", message, retry_at)
+    def _record_failure(
+        self,
+        name: str,
+        message: str,
+        log_tail: str = "",
+        *,
+        uptime: float | None = None,
+        permanent: bool = False,
+    ) -> None:
+        """Count a failed start or a crash; the model waits out its backoff before the next try.
+
+        The phase is ``Failed`` at once (with the reason and the next retry time): requests get
+        a 502/503 with ``Retry-After`` instead of waiting on a model that keeps crashing.
+        """
+        model = self.desired.models.get(name) if self.desired else None
+        failure = self.backoff.record_failure(
+            name,
+            model.spec_hash if model else "",
+            time.time(),
+            message,
+            log_tail,
+            uptime=uptime,
+            permanent=permanent,
+        )
+        retry_at = failure.next_retry if failure.next_retry != float("inf") else None
+        detail = f" (failure {failure.count})" if failure.count > 1 else ""
+        self._set_phase(name, "Failed", message + detail, retry_at)
         self._fail_waiters(name, WakeFailed(message))
+
+    async def _log_tail(self, instance: Instance, lines: int = 20) -> str:
+        try:
+            return await self.controller.runtimes.get(instance.runtime).logs(instance.model, lines)
+        except Exception:
+            return ""
 
     async def _drain(self, name: str) -> None:
         """Let requests in flight finish (bounded) before the backend stops."""

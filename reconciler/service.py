@@ -52,6 +52,7 @@ class Service:
         self._tasks = [
             asyncio.create_task(self.loop.run(), name="reconcile loop"),
             asyncio.create_task(self.loop.watch(), name="manifest watcher"),
+            asyncio.create_task(self.loop.watch_docker(), name="docker events"),
             asyncio.create_task(self._flush_forever(), name="request log"),
         ]
         await self.loop.wait_first_pass()

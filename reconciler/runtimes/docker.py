@@ -73,6 +73,8 @@ T = TypeVar("T")
 class PermanentStartError(StartError):
     """A start that cannot succeed until the spec changes: back off, do not retry in a loop."""
 
+    permanent = True
+
 
 class ImageNotPresent(PermanentStartError):
     """``imagePull: Never`` and the image is not on this box."""
