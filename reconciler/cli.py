@@ -200,6 +200,67 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
     out.print(f"generation {result.generation}: converged, {what} ({took:.1f}s)")
 
 
+# --- run / down ------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    directory: DirArg = Path(DEFAULT_DIR),
+    listen: Annotated[
+        str | None, typer.Option(help="Override the Node's listen address (host:port).")
+    ] = None,
+    log_format: Annotated[str, typer.Option(help="text or json (JSON lines on stderr).")] = "text",
+    allow_empty: AllowEmpty = False,
+    grace: Annotated[
+        float, typer.Option(help="Seconds SIGTERM waits for requests in flight.")
+    ] = 30.0,
+) -> None:
+    """The service: OpenAI proxy + reconcile loop + manifest watcher, until SIGTERM."""
+    from .serve import run as run_loop
+    from .serve import serve
+
+    if log_format not in ("text", "json"):
+        err.print("--log-format must be text or json", markup=False)
+        raise typer.Exit(2)
+    code = run_loop(serve(directory, listen, log_format, allow_empty, grace))
+    raise typer.Exit(code)
+
+
+@app.command()
+def down(directory: DirOption = Path(DEFAULT_DIR)) -> None:
+    """Stop and remove every backend modelplane manages (processes and containers)."""
+
+    async def go() -> tuple[int, dict[str, str]]:
+        controller = await _controller(directory)
+        try:
+            try:
+                _, desired = await controller.load()
+                names = {"process", desired.node.runtime}
+                names |= {m.runtime for m in desired.models.values()}
+            except FileNotFoundError:
+                names = {"process"}
+            instances, unavailable = await controller.runtimes.list(names)
+            stopped = 0
+            for inst in instances:
+                if inst.managed:
+                    await controller.runtimes.get(inst.runtime).stop(inst)
+                    await controller.store.add_event(
+                        "Stopped", "stopped by modelplane down", inst.model
+                    )
+                    out.print(f"stopped {inst.model} ({inst.runtime} {inst.ident})", markup=False)
+                    stopped += 1
+            return stopped, unavailable
+        finally:
+            await controller.close()
+
+    stopped, unavailable = _run(go())
+    for runtime, why in unavailable.items():
+        err.print(f"runtime {runtime} unavailable: {why}", markup=False)
+    out.print(f"{stopped} backend(s) stopped")
+    if unavailable:
+        raise typer.Exit(1)
+
+
 # --- status / events / logs ------------------------------------------------------------------
 
 
