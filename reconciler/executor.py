@@ -74,7 +74,7 @@ class Executor:
         return outcomes
 
     async def execute(self, action: Action, desired: Desired, generation: int) -> Outcome:
-        if action.kind in ("stop", "unload"):
+        if action.kind in ("stop", "unload", "evict"):
             assert action.instance is not None
             return await self._stop(action, action.instance)
         model = desired.models[action.model]
@@ -92,7 +92,7 @@ class Executor:
             await self.event("Failed", f"{action}: could not stop: {exc}", action.model)
             return Outcome(action, False, f"could not stop: {exc}")
         if not quiet:
-            kind = {"unload": "Unloaded", "recreate": "Stopped"}.get(action.kind, "Stopped")
+            kind = {"unload": "Unloaded", "evict": "Evicted"}.get(action.kind, "Stopped")
             await self.event(kind, str(action), action.model)
         return Outcome(action, True)
 
@@ -100,7 +100,7 @@ class Executor:
         runtime = self.runtimes.get(model.runtime)
         began = time.monotonic()
         try:
-            gpus, extra_args = self.place(model)
+            gpus, extra_args = action.placement or self.place(model)
             spec = launch_spec(model, generation, gpus, self.resolve_path(model), extra_args)
         except ValueError as exc:
             return await self._failed(action, str(exc))

@@ -16,21 +16,31 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import watchfiles
+
+from proxy.gateway import PRIORITIES
 
 from .activity import ActivityTracker
 from .controller import Controller
 from .desired import Desired
+from .estimates import estimate_model
+from .eviction import RunningModel
+from .gpus import Inventory, StaticGpu, observed_usage, read_inventory
+from .gputypes import Claim
 from .manifests import ManifestSet
 from .planner import Action, PruneRefused, plan
 from .runtimes.backoff import CrashBackoff
 from .runtimes.base import Instance
+from .scheduler import instance_claims, schedule
+from .schema import NodeSpec
+from .vram import Estimate
 
 log = logging.getLogger("modelplane.loop")
 
 DEBOUNCE_MS = 300
+SETTLE = 10.0  # seconds a start waits for evicted models' memory to show free in NVML
 
 
 @dataclass
@@ -43,6 +53,10 @@ class Phase:
 
 class WakeFailed(Exception):
     """A start that a wake was waiting for failed (the backend's own fault: HTTP 502)."""
+
+
+class WakeUnschedulable(Exception):
+    """The model could not be placed on the GPUs for as long as a request may wait."""
 
 
 class ReconcileLoop:
@@ -67,9 +81,17 @@ class ReconcileLoop:
         self.phases: dict[str, Phase] = {}
         self.busy: dict[str, asyncio.Task[None]] = {}
         self.backoff = CrashBackoff()
+        self.inventory = Inventory()
+        self.estimates: dict[str, Estimate | str] = {}
+        self.claims: dict[str, tuple[Claim, ...]] = {}  # held by backends running or starting
+        self.waiting_gpu: dict[str, str] = {}  # model → why its start waits for VRAM
+        self.unschedulable_since: dict[str, float] = {}
+        self.settle_until = 0.0
+        self.unschedulable_wait = 300.0  # Node.proxy.queueTimeout
         self.passes = 0
         self.on_change: list[Callable[[], None]] = []  # called after each pass / phase change
         self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._placed: dict[str, tuple[Claim, ...]] = {}
         self._wakeup = asyncio.Event()
         self._reload = True
         self._pass_lock = asyncio.Lock()
@@ -163,6 +185,8 @@ class ReconcileLoop:
             last = self.activity.last_used.get(name) or self._started_at(name) or now
             deadline = min(deadline, last + model.spec.stay_warm + 0.05)
         retries = [p.retry_at for p in self.phases.values() if p.retry_at and p.retry_at > now]
+        if self.waiting_gpu or self.unschedulable_since:
+            retries.append(now + 0.5)  # evictions settling, or a busy model may become free
         return min([deadline, *retries])
 
     def _started_at(self, name: str) -> float | None:
@@ -178,6 +202,7 @@ class ReconcileLoop:
             if self.desired is None:
                 return
             self.actual, self.unavailable = await self.controller.observe(self.desired)
+            self.inventory = await asyncio.to_thread(read_inventory, _node_gpus(self.desired.node))
             await self._sync_ready()
             now = time.time()
             try:
@@ -194,11 +219,69 @@ class ReconcileLoop:
                 if self._refused != str(exc):
                     self._refused = str(exc)
                     await self.controller.store.add_event("PruneRefused", str(exc))
-            for action in actions:
+            for action in await self._schedule(actions, now):
                 self.dispatch(action, now)
             self.passes += 1
             self._first_pass.set()
             self._changed()
+
+    async def _schedule(self, actions: list[Action], now: float) -> list[Action]:
+        """Place starts on GPUs, plan evictions, and mark what cannot be placed."""
+        assert self.desired is not None
+        desired = self.desired
+        running = {i.model: i for i in self.actual if i.managed and i.state == "running"}
+        for name in list(self.claims):
+            if name not in running and name not in self.busy:
+                del self.claims[name]
+        for name, inst in running.items():
+            if name not in self.claims:
+                self.claims[name] = instance_claims(name, inst.gpus, self.estimates.get(name))
+        pids = {n: [int(i.ident)] for n, i in running.items() if i.runtime == "process"}
+        seen = observed_usage(self.inventory, pids)
+        claims = {
+            name: tuple(replace(c, observed=seen.get((name, c.gpu))) for c in held)
+            for name, held in self.claims.items()
+        }
+        candidates = []
+        for name, held in claims.items():
+            model = desired.models.get(name)
+            candidates.append(
+                RunningModel(
+                    name=name,
+                    claims=held,
+                    priority=PRIORITIES[model.spec.priority] if model else PRIORITIES["batch"],
+                    pinned=bool(model and model.pinned),
+                    in_flight=self.activity.in_flight.get(name, 0),
+                    last_used=self.activity.last_used.get(name)
+                    or (running[name].started_at if name in running else now),
+                    running=name in self.ready and name not in self.busy,
+                )
+            )
+        settling = frozenset(self.waiting_gpu) if now < self.settle_until else frozenset()
+        result = schedule(
+            actions,
+            desired,
+            self.actual,
+            self.inventory.gpus,
+            desired.node.vram_reserve,
+            claims,
+            self.estimates,
+            candidates,
+            settling,
+        )
+        self.waiting_gpu = dict(result.waiting)
+        for name, reason in result.waiting.items():
+            self.unschedulable_since.pop(name, None)
+            self._set_phase(name, "Starting", reason)
+        for name, reason in result.unschedulable.items():
+            self.unschedulable_since.setdefault(name, now)
+            if self.phases.get(name, Phase("")).reason != reason:
+                await self.controller.store.add_event("Unschedulable", reason, name)
+            self._set_phase(name, "Unschedulable", reason)
+        for name in result.claims:
+            self.unschedulable_since.pop(name, None)
+        self._placed = result.claims
+        return result.actions
 
     async def _load(self) -> None:
         store = self.controller.store
@@ -238,6 +321,15 @@ class ReconcileLoop:
             self.backoff.reset(name)
             del self.phases[name]
         self.manifests, self.desired = manifests, desired
+        self.unschedulable_wait = desired.node.proxy.queue_timeout
+        self.estimates = await asyncio.to_thread(self._estimate_all, desired)
+
+    def _estimate_all(self, desired: Desired) -> dict[str, Estimate | str]:
+        resolve = self.controller.executor.resolve_path
+        return {
+            name: estimate_model(model, model.spec.source.path or resolve(model))
+            for name, model in desired.models.items()
+        }
 
     async def _sync_ready(self) -> None:
         """Adopt healthy backends we did not start; forget ones that are gone."""
@@ -275,7 +367,7 @@ class ReconcileLoop:
         name = action.model
         if name in self.busy:
             return None
-        if action.kind == "unload" and self.activity.busy(name) and not manual:
+        if action.kind in ("unload", "evict") and self.activity.busy(name) and not manual:
             return None
         model = self.desired.models.get(name) if self.desired else None
         if (
@@ -285,7 +377,9 @@ class ReconcileLoop:
         ):
             return None  # backing off after failed starts
         cleanup = action.instance is not None and action.instance.state == "exited"
-        if action.kind in ("stop", "unload", "recreate") and not cleanup:
+        if action.kind in ("start", "recreate") and name in self._placed:
+            self.claims[name] = self._placed[name]
+        if action.kind in ("stop", "unload", "evict", "recreate") and not cleanup:
             self.ready.pop(name, None)
             self._set_phase(name, "Draining", action.cause)
         else:
@@ -299,7 +393,7 @@ class ReconcileLoop:
         assert self.desired is not None
         desired = self.desired
         try:
-            if action.kind in ("stop", "unload", "recreate"):
+            if action.kind in ("stop", "unload", "evict", "recreate"):
                 await self._drain(name)
             if action.kind in ("start", "recreate"):
                 self._set_phase(name, "Starting", action.cause)
@@ -311,8 +405,12 @@ class ReconcileLoop:
                     self._set_phase(name, "Ready")
                     self._resolve(name, outcome.instance.endpoint)
                 else:
+                    self.claims.pop(name, None)
                     self._record_failure(name, outcome.message, permanent=outcome.permanent)
             elif outcome.ok:
+                self.claims.pop(name, None)
+                if action.kind == "evict":
+                    self.settle_until = time.time() + SETTLE
                 crashed = action.instance is not None and action.instance.state == "exited"
                 if name not in desired.models:
                     self.phases.pop(name, None)
@@ -383,7 +481,17 @@ class ReconcileLoop:
             self._waiters[name] = waiter
         self.activity.wanted.add(name)
         self.trigger()
-        return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(waiter), min(remaining, 0.5))
+            since = self.unschedulable_since.get(name)
+            if since is not None and time.time() - since >= self.unschedulable_wait:
+                phase = self.phases.get(name)
+                raise WakeUnschedulable(phase.reason if phase else "cannot be placed")
 
     def _resolve(self, name: str, endpoint: str) -> None:
         waiter = self._waiters.pop(name, None)
@@ -410,8 +518,19 @@ class ReconcileLoop:
         for callback in self.on_change:
             callback()
 
+    @property
+    def waiting_for_room(self) -> bool:
+        """Some start waits for GPU memory: the end of a request may free an eviction victim."""
+        return bool(self.waiting_gpu or self.unschedulable_since)
+
     def backend_failed(self, name: str, reason: str) -> None:
         """The proxy saw the backend break: stop routing to it and look at it now."""
         if self.ready.pop(name, None) is not None:
             self._set_phase(name, "Failed", reason)
         self.trigger()
+
+
+def _node_gpus(node: NodeSpec) -> str | list[StaticGpu]:
+    if isinstance(node.gpus, str):
+        return node.gpus
+    return [StaticGpu(g.index, g.memory) for g in node.gpus]

@@ -19,7 +19,7 @@ from proxy.gateway import PRIORITIES, ApiKey, ModelRoute, Refused, RequestRecord
 
 from .activity import ActivityTracker
 from .controller import Controller
-from .loop import ReconcileLoop, WakeFailed
+from .loop import ReconcileLoop, WakeFailed, WakeUnschedulable
 from .planner import Action
 from .status import model_statuses
 from .store import Event, ModelState
@@ -123,6 +123,8 @@ class Service:
             phase = self.loop.phases.get(model)
             retry = max(1.0, (phase.retry_at or time.time()) - time.time()) if phase else 5.0
             raise Unavailable(f"{model} failed to start: {exc}", 502, retry) from None
+        except WakeUnschedulable as exc:
+            raise Unavailable(f"{model} cannot be placed: {exc}", 503, 30.0) from None
         except TimeoutError:
             raise Unavailable(
                 f"{model} did not become ready within {spec.startup_timeout:.0f}s (startupTimeout)",
@@ -135,6 +137,8 @@ class Service:
 
     def end_request(self, model: str) -> None:
         if self.activity.end(model) == 0:
+            if self.loop.waiting_for_room:
+                self.loop.trigger()  # this model may now be evicted for one that waits
             desired = self.loop.desired
             model_spec = desired.models.get(model) if desired else None
             if model_spec is not None and model_spec.spec.stay_warm == 0:
