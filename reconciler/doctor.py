@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import httpx
 
-from reconciler.gitinfo import git_info
+from reconciler.gitinfo import git_info, why_not_git
 
 Status = Literal["ok", "warn", "fail"]
 GiB = 1024**3
@@ -239,10 +239,19 @@ def check_git(manifests_dir: str | os.PathLike[str]) -> Check:
         return Check("git", "warn", "git is not installed: no commit is recorded", "install git")
     info = git_info(path)
     if info is None:
+        reason = why_not_git(path)
+        if "dubious ownership" in reason:
+            repo = reason.rpartition(" at ")[2].strip("'")
+            return Check(
+                "git",
+                "warn",
+                f"{reason}: no commit is recorded",
+                f"as the service user: git config --global --add safe.directory {repo}",
+            )
         return Check(
             "git",
             "warn",
-            f"{path} is not in a git work tree (or git refuses it): no commit is recorded",
+            f"{path}: {reason}: no commit is recorded",
             f"git -C {path} init && git -C {path} add -A && git -C {path} commit -m manifests",
         )
     head = f"{info.short_sha} ({info.subject})" if info.sha else "no commits yet"

@@ -140,6 +140,39 @@ def _dirty_files(cwd: Path, target: Path, *, timeout: float) -> tuple[str, ...]:
     return tuple(files)
 
 
+def why_not_git(path: str | os.PathLike[str], *, timeout: float = 5.0) -> str:
+    """Why :func:`git_info` returned None for ``path``, in git's own words where it has some.
+
+    The case worth telling apart is "dubious ownership": the repository belongs to another user
+    (a mounted volume, a checkout made by root) and git refuses to read it until it is listed in
+    ``safe.directory``.
+    """
+    if shutil.which("git") is None:
+        return "git is not installed"
+    target = Path(path).resolve()
+    cwd = target if target.is_dir() else target.parent
+    if not cwd.is_dir():
+        return f"{cwd} does not exist"
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"],
+            cwd=cwd,
+            env=git_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"git failed: {exc}"
+    if proc.returncode == 0:
+        return "git answers (a later git command failed or timed out)"
+    first = proc.stderr.strip().splitlines()[0] if proc.stderr.strip() else ""
+    if "dubious ownership" in first:
+        return first.removeprefix("fatal: ")
+    return "not inside a git work tree"
+
+
 async def git_info_async(path: str | os.PathLike[str], *, timeout: float = 5.0) -> GitInfo | None:
     """:func:`git_info` off the event loop."""
     return await asyncio.to_thread(git_info, path, timeout=timeout)

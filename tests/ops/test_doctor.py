@@ -201,10 +201,22 @@ def test_git_clean_dirty_and_not_a_repo(
     plain.mkdir()
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no repo above tmp_path
     outside = check_git(plain)
-    assert outside.status == "warn" and "not in a git work tree" in outside.detail
+    assert outside.status == "warn"
+    assert outside.detail == f"{plain}: not inside a git work tree: no commit is recorded"
     assert "git -C" in outside.fix and "init" in outside.fix
     missing = check_git(tmp_path / "nope")
     assert missing.status == "fail" and "does not exist" in missing.detail
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_git_repo_of_another_user(work_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mounted repo owned by another uid: git refuses it, doctor says how to allow it."""
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)  # no safe.directory from the machine
+    for path in [work_repo, *work_repo.rglob("*")]:
+        os.lchown(path, 12345, 12345)
+    check = check_git(work_repo / "manifests")
+    assert check.status == "warn" and "dubious ownership" in check.detail
+    assert check.fix.endswith(f"git config --global --add safe.directory {work_repo}")
 
 
 def test_git_without_commits(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import gitinfo
-from reconciler.gitinfo import Changes, changes_between, git_info, git_info_async
+from reconciler.gitinfo import Changes, changes_between, git_info, git_info_async, why_not_git
 from tests.ops.conftest import commit_file, git
 
 
@@ -86,9 +86,12 @@ def test_not_a_repo_or_missing_dir_or_no_git(
     plain.mkdir()
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # don't find a repo above tmp
     assert git_info(plain) is None
+    assert why_not_git(plain) == "not inside a git work tree"
     assert git_info(tmp_path / "does-not-exist" / "x") is None
+    assert why_not_git(tmp_path / "does-not-exist" / "x").endswith("does-not-exist does not exist")
     monkeypatch.setattr(gitinfo.shutil, "which", lambda name: None)
     assert git_info(work_repo) is None
+    assert why_not_git(work_repo) == "git is not installed"
 
 
 def test_git_dir_in_the_environment_is_ignored(
