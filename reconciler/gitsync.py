@@ -231,7 +231,7 @@ class GitRepoSync:
                     "-o",
                     "StrictHostKeyChecking=accept-new",
                     "-o",
-                    f"UserKnownHostsFile={self.base_dir / 'known_hosts'}",
+                    f'UserKnownHostsFile="{self.base_dir / "known_hosts"}"',  # ssh splits on spaces
                 ]
             )
         return env

@@ -31,7 +31,7 @@ from reconciler.doctor import (
     render,
     run_doctor,
 )
-from tests.ops.conftest import git
+from tests.ops.gitrepo import git
 
 
 class Server:

@@ -8,7 +8,7 @@ import pytest
 
 from reconciler import gitinfo
 from reconciler.gitinfo import Changes, changes_between, git_info, git_info_async, why_not_git
-from tests.ops.conftest import commit_file, git
+from tests.ops.gitrepo import commit_file, git
 
 
 def test_clean_repo_reports_sha_branch_subject(work_repo: Path) -> None:

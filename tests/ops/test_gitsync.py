@@ -16,7 +16,7 @@ from reconciler.gitsync import (
     clone_dir_name,
     redact_url,
 )
-from tests.ops.conftest import commit_file, git
+from tests.ops.gitrepo import commit_file, git
 
 
 @pytest.fixture
