@@ -353,5 +353,88 @@ def logs(
     sys.stdout.write(text + "\n")
 
 
+# --- gitops and operations ----------------------------------------------------------------------
+
+
+@app.command()
+def history(
+    directory: DirOption = Path(DEFAULT_DIR),
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+) -> None:
+    """Applied generations: time, git commit, outcome, and which models changed."""
+    from .gitinfo import changes_between
+
+    async def go() -> list[Any]:
+        controller = await _controller(directory)
+        try:
+            return await controller.store.generations(limit=limit + 1)
+        finally:
+            await controller.close()
+
+    generations = list(reversed(_run(go())))
+    table = Table(box=None, pad_edge=False)
+    for column in ("GEN", "TIME", "COMMIT", "OUTCOME", "CHANGES"):
+        table.add_column(column)
+    rows = []
+    for before, gen in zip([None, *generations], generations, strict=False):
+        old = before.summary.get("models", {}) if before else {}
+        changes = changes_between(old, gen.summary.get("models", {}))
+        commit = (gen.git_commit or "-")[:12] + (" (dirty)" if gen.git_dirty else "")
+        subject = gen.summary.get("git", {}).get("subject", "")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(gen.time))
+        detail = changes.summary() + (f"  [{subject}]" if subject else "")
+        rows.append((str(gen.id), when, commit, gen.outcome, detail))
+    for row in rows[-limit:]:
+        table.add_row(*row)
+    out.print(table)
+
+
+@app.command()
+def doctor(directory: DirArg = Path(DEFAULT_DIR)) -> None:
+    """Check docker, NVML, disk, the listen port, git and the HF endpoint; print the fixes."""
+    from . import doctor as checks
+    from . import paths
+
+    try:
+        node = manifest_sets.load(directory).node
+    except FileNotFoundError:
+        node = manifest_sets.NodeSpec()
+    results = checks.run_doctor(
+        manifests_dir=directory,
+        cache_dir=paths.cache_dir(node),
+        listen=node.listen,
+        runtime=node.runtime,
+        gpus_required=isinstance(node.gpus, list),
+        docker_host=node.docker_host,
+        hf_endpoint=os.environ.get("HF_ENDPOINT"),
+    )
+    checks.render(results, out)
+    raise typer.Exit(checks.exit_code(results))
+
+
+@app.command()
+def gpus(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False) -> None:
+    """The GPU inventory as NVML (or the Node manifest's static list) reports it."""
+    from .gpus import gpu_table, inventory_json, node_gpus, read_inventory
+
+    try:
+        node = manifest_sets.load(directory).node
+    except FileNotFoundError:
+        node = manifest_sets.NodeSpec()
+    inventory = read_inventory(node_gpus(node))
+    if as_json:
+        sys.stdout.write(json.dumps(inventory_json(inventory), indent=2) + "\n")
+        return
+    out.print(gpu_table(inventory, reserve=node.vram_reserve))
+
+
+@app.command("hash-key")
+def hash_key(key: str) -> None:
+    """Print the sha256 of an API key, for Node.apiKeys (the key itself never goes in a file)."""
+    import hashlib
+
+    sys.stdout.write(hashlib.sha256(key.encode()).hexdigest() + "\n")
+
+
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ from rich.table import Table
 
 from reconciler.gputypes import Claim, GpuInfo, GpuProcess, fmt_size
 from reconciler.placement import free_bytes
+from reconciler.schema import NodeSpec
 
 # The environment that makes CUDA's device numbering match NVML's (and so the placement's).
 CUDA_ENV: Mapping[str, str] = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
@@ -183,6 +184,13 @@ def _cap(gpu: GpuInfo, memory: int | None) -> GpuInfo:
     used = gpu.used if gpu.used is not None else gpu.total - (gpu.free or 0)
     free = max(0, min(gpu.free if gpu.free is not None else memory, memory - used))
     return replace(gpu, total=memory, free=free)
+
+
+def node_gpus(node: NodeSpec) -> NodeGpus:
+    """``Node.spec.gpus`` as :func:`read_inventory` takes it."""
+    if isinstance(node.gpus, str):
+        return node.gpus  # type: ignore[return-value]
+    return [StaticGpu(g.index, g.memory) for g in node.gpus]
 
 
 def read_inventory(node_gpus: NodeGpus = "auto", nvml: Any = pynvml) -> Inventory:

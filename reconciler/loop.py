@@ -27,14 +27,13 @@ from .controller import Controller
 from .desired import Desired
 from .estimates import estimate_model
 from .eviction import RunningModel
-from .gpus import Inventory, StaticGpu, observed_usage, read_inventory
+from .gpus import Inventory, node_gpus, observed_usage, read_inventory
 from .gputypes import Claim
 from .manifests import ManifestSet
 from .planner import Action, PruneRefused, plan
 from .runtimes.backoff import CrashBackoff
 from .runtimes.base import Instance
 from .scheduler import instance_claims, schedule
-from .schema import NodeSpec
 from .vram import Estimate
 
 log = logging.getLogger("modelplane.loop")
@@ -202,7 +201,7 @@ class ReconcileLoop:
             if self.desired is None:
                 return
             self.actual, self.unavailable = await self.controller.observe(self.desired)
-            self.inventory = await asyncio.to_thread(read_inventory, _node_gpus(self.desired.node))
+            self.inventory = await asyncio.to_thread(read_inventory, node_gpus(self.desired.node))
             await self._sync_ready()
             now = time.time()
             try:
@@ -293,20 +292,11 @@ class ReconcileLoop:
         self.load_error = None
         errors = [str(e) for e in manifests.errors]
         await store.replace_documents(i.stored() for i in manifests.in_force())
-        last = await store.last_generation()
-        if last is None or last.digest != manifests.digest:
-            summary = {
-                "models": {n: m.spec_hash for n, m in desired.models.items()},
-                "errors": errors,
-            }
-            self.generation = await store.add_generation(manifests.digest, "applied", summary)
-            await store.add_event(
-                "Applied",
-                f"generation {self.generation}: {len(desired.models)} model(s), "
-                f"{len(errors)} invalid document(s)",
-            )
-        else:
-            self.generation = last.id
+        self.generation, new = await self.controller.record_generation(
+            manifests, desired, "applied"
+        )
+        if new:
+            self._last_errors = errors  # the new generation's event already lists them
         if errors and errors != self._last_errors:
             await store.add_event(
                 "Invalid",
@@ -528,9 +518,3 @@ class ReconcileLoop:
         if self.ready.pop(name, None) is not None:
             self._set_phase(name, "Failed", reason)
         self.trigger()
-
-
-def _node_gpus(node: NodeSpec) -> str | list[StaticGpu]:
-    if isinstance(node.gpus, str):
-        return node.gpus
-    return [StaticGpu(g.index, g.memory) for g in node.gpus]
