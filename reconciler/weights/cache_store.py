@@ -49,6 +49,7 @@ class CacheStore:
 
     def __init__(self, cache_dir: str | Path) -> None:
         self.root = Path(cache_dir).resolve()
+        self._hashed: dict[tuple[Path, int, int, int], str] = {}  # (path, ino, size, mtime)
 
     def repos(self) -> list[str]:
         out = []
@@ -88,11 +89,18 @@ class CacheStore:
             if blob is None or not blob.is_relative_to(self.root):
                 continue
             size = blob.stat().st_size
-            # a cache written without symlinks (copies): name the content ourselves
-            etag = blob.name if entry.is_symlink() else file_sha256(blob)
+            etag = blob.name if entry.is_symlink() else self._content_etag(blob)
             path = entry.relative_to(snapshot).as_posix()
             out[path] = StoredFile(path=path, blob=blob, size=size, etag=etag)
         return out
+
+    def _content_etag(self, blob: Path) -> str:
+        """A cache written without symlinks (copies) has no blob names: hash once, remember."""
+        st = blob.stat()
+        key = (blob, st.st_ino, st.st_size, st.st_mtime_ns)
+        if key not in self._hashed:
+            self._hashed[key] = file_sha256(blob)
+        return self._hashed[key]
 
     def last_modified(self, repo: str, commit: str) -> str:
         folder = self._repo_folder(repo)

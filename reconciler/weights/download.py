@@ -2,18 +2,19 @@
 
 The order is what keeps a failure harmless:
 
-1. inspect: hash what is cached (ok / missing / corrupt) and look for identical blobs elsewhere
-   in the cache (hard-link donors, see :mod:`.dedupe`) — read-only;
-2. check free space against what must still be fetched — a full disk stops here, nothing touched;
+1. inspect: hash what is cached (ok / missing / corrupt); find files whose blob this repo already
+   holds (another revision) or another repo holds (a hard-link donor, see :mod:`.dedupe`);
+2. check free space against what must come over the network — a full disk stops here, with
+   nothing in the cache touched;
 3. delete corrupt files, link donors, and fetch the rest with ``snapshot_download`` (exact paths
    as ``allow_patterns``, pinned to the commit);
-4. verify what was fetched; a file that fails is deleted and fetched once more;
+4. hash what was fetched; a file that fails is deleted and fetched once more, then it is fatal;
 5. record ``refs/<branch>`` (so offline mode can resolve it) and share new blobs with other repos.
 
-Interrupted transfers resume: huggingface_hub re-requests the rest of a file with a ``Range``
-header when the connection drops mid-file. (huggingface_hub >= 1.x downloads into a per-process
-temporary file that it deletes on failure, so a download cut by a process restart starts that
-file again.)
+Interrupted transfers resume: when the connection drops mid-file, huggingface_hub asks for the
+rest with a ``Range`` header, from the last 10 MiB chunk it wrote. (The installed
+huggingface_hub, 2.x, downloads into a per-process temporary file that it deletes when a download
+fails, so a download cut by a process restart starts that file over.)
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from huggingface_hub import snapshot_download
 from . import dedupe, layout
 from .config import HubSettings
 from .disk import DEFAULT_MARGIN, FreeSpace, check_space, free_space
-from .errors import HubError, NotCachedError, VerificationError, redact
+from .errors import HubUnreachable, NotCachedError, VerificationError
 from .resolve import LIBRARY_NAME, RemoteFile, Resolution, hub_errors, resolve
-from .verify import FileProblem, check_file, check_snapshot
+from .verify import FileProblem, SnapshotCheck, check_file, check_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def ensure_downloaded(
     settings: HubSettings | None = None,
     *,
     progress: ProgressCallback | None = None,
+    rehash: bool = True,
     margin: int = DEFAULT_MARGIN,
     measure: FreeSpace = free_space,
     file_workers: int = FILE_WORKERS,
@@ -116,91 +118,129 @@ def ensure_downloaded(
 ) -> DownloadResult:
     """Make every file of ``resolution`` present and verified under ``cache_dir`` (blocking).
 
+    Files fetched now are always hashed. ``rehash=False`` checks files already cached by size
+    only, for a caller that recorded an earlier full verification of this commit.
     Raises :class:`NotCachedError` offline with files missing, :class:`InsufficientDisk`,
     :class:`HubError`/:class:`HubUnreachable`, :class:`VerificationError`.
     """
     settings = settings or HubSettings()
     cache_dir = Path(cache_dir)
     snapshot = layout.snapshot_dir(cache_dir, resolution.repo, resolution.commit)
-    check = check_snapshot(cache_dir, resolution, deep=True)
-
+    check = check_snapshot(cache_dir, resolution, deep=rehash)
     if settings.offline:
         if not check.complete:
             raise NotCachedError(_offline_reason(resolution, check.missing, check.corrupt))
         return _result(resolution, snapshot)
 
-    todo = [*check.missing, *(remote for remote, _ in check.corrupt)]
+    work = _plan_work(cache_dir, resolution, check)
+    check_space(cache_dir, work.bytes_to_fetch, margin=margin, measure=measure)
+    _prepare(cache_dir, resolution, work)  # from here on the cache changes
+    with _Poller(cache_dir, resolution, progress, poll_interval):
+        refetched = _fetch_verified(cache_dir, resolution, settings, work, file_workers)
+    if resolution.revision != resolution.commit:
+        layout.write_ref(cache_dir, resolution.repo, resolution.revision, resolution.commit)
+    _share(cache_dir, resolution, work.to_fetch)
+    return _result(
+        resolution,
+        snapshot,
+        downloaded=tuple(r.path for r in work.to_fetch),
+        linked=tuple(sorted(work.donors)),
+        refetched=tuple(p for _, p in check.corrupt) + refetched,
+        bytes_downloaded=work.bytes_to_fetch,
+        bytes_linked=sum(r.size for r in work.todo if r.path in work.donors),
+    )
+
+
+@dataclass(frozen=True)
+class _Work:
+    """What a download pass must do, decided before anything is written."""
+
+    todo: tuple[RemoteFile, ...]  # every file without a good snapshot entry
+    corrupt: tuple[RemoteFile, ...]  # bad snapshot entries: delete, then fetch
+    stale_blobs: tuple[Path, ...]  # this repo's blobs that fail their check: delete
+    donors: dict[str, Path]  # repo path -> verified identical blob in another repo
+    to_fetch: tuple[RemoteFile, ...]  # what must come over the network
+
+    @property
+    def bytes_to_fetch(self) -> int:
+        return sum(r.size for r in self.to_fetch)
+
+
+def _plan_work(cache_dir: Path, resolution: Resolution, check: SnapshotCheck) -> _Work:
+    """Read-only: which files need bytes, and which can come from blobs already on disk."""
+    corrupt = tuple(remote for remote, _ in check.corrupt)
+    todo = (*check.missing, *corrupt)
     in_repo: set[str] = set()  # blob already here (another revision has the same file)
-    stale: list[Path] = []  # blob here but bad: deleted before fetching
-    donors: dict[str, Path] = {}
+    stale: list[Path] = []
     for remote in check.missing:
         own = layout.blob_path(cache_dir, resolution.repo, remote.etag) if remote.etag else None
         if own is not None and own.is_file():
             if check_file(own, remote, deep=True) is None:
                 in_repo.add(remote.path)
-                continue
-            stale.append(own)
+            else:
+                stale.append(own)
+    donors: dict[str, Path] = {}
     for remote in todo:
         if remote.sha256 and remote.path not in in_repo:
             own = layout.blob_path(cache_dir, resolution.repo, remote.sha256)
             donor = dedupe.find_donor(cache_dir, remote.sha256, remote.size, exclude=own)
             if donor is not None:
                 donors[remote.path] = donor
-    to_fetch = [r for r in todo if r.path not in donors and r.path not in in_repo]
-    check_space(cache_dir, sum(r.size for r in to_fetch), margin=margin, measure=measure)
+    to_fetch = tuple(r for r in todo if r.path not in donors and r.path not in in_repo)
+    return _Work(todo, corrupt, tuple(stale), donors, to_fetch)
 
-    # From here on the cache changes.
-    for remote, problem in check.corrupt:
-        log.warning("%s: %s; deleting it to fetch it again", remote.path, problem.reason)
+
+def _prepare(cache_dir: Path, resolution: Resolution, work: _Work) -> None:
+    """Delete what is bad and link what other repos already hold."""
+    for remote in work.corrupt:
+        log.warning("%s of %s is corrupt; fetching it again", remote.path, resolution.repo)
         _remove(cache_dir, resolution, remote)
-    for blob in stale:
+    for blob in work.stale_blobs:
         blob.unlink(missing_ok=True)
-    for remote in todo:
-        if remote.path in donors and remote.sha256:
-            own = layout.blob_path(cache_dir, resolution.repo, remote.sha256)
-            dedupe.link_blob(donors[remote.path], own)
+    for donor in work.donors.values():
+        dedupe.link_blob(donor, layout.blob_path(cache_dir, resolution.repo, donor.name))
 
-    refetched = [problem for _, problem in check.corrupt]
-    with _Poller(cache_dir, resolution, progress, poll_interval):
-        _snapshot_download(cache_dir, resolution, settings, todo, file_workers)
-        failed = _verify(cache_dir, resolution, todo)
-        if failed:
-            for remote, problem in failed:
-                log.warning("%s: %s after download; fetching it again", remote.path, problem.reason)
-                _remove(cache_dir, resolution, remote)
-            refetched += [problem for _, problem in failed]
-            _snapshot_download(
-                cache_dir, resolution, settings, [r for r, _ in failed], file_workers
-            )
-            still = _verify(cache_dir, resolution, [r for r, _ in failed])
-            if still:
-                for bad, _ in still:
-                    _remove(cache_dir, resolution, bad)  # never leave bad bytes to be loaded
-                remote, problem = still[0]
-                raise VerificationError(
-                    f"{remote.path} of {resolution.repo}@{resolution.commit[:12]} fails"
-                    f" verification twice ({problem.reason}); {settings.endpoint} serves bad data"
-                )
 
-    if resolution.revision != resolution.commit:
-        layout.write_ref(cache_dir, resolution.repo, resolution.revision, resolution.commit)
-    bytes_linked = sum(r.size for r in todo if r.path in donors)
-    for remote in to_fetch:
+def _fetch_verified(
+    cache_dir: Path,
+    resolution: Resolution,
+    settings: HubSettings,
+    work: _Work,
+    workers: int,
+) -> tuple[FileProblem, ...]:
+    """Fetch ``work.todo`` and hash it; a file that fails is fetched once more, then it is fatal.
+
+    Returns the problems found in freshly fetched files (each was fetched again successfully).
+    """
+    _snapshot_download(cache_dir, resolution, settings, list(work.todo), workers)
+    failed = _verify(cache_dir, resolution, list(work.todo))
+    if not failed:
+        return ()
+    for remote, problem in failed:
+        log.warning("%s: %s after download; fetching it again", remote.path, problem.reason)
+        _remove(cache_dir, resolution, remote)
+    _snapshot_download(cache_dir, resolution, settings, [r for r, _ in failed], workers)
+    still = _verify(cache_dir, resolution, [r for r, _ in failed])
+    for bad, _ in still:
+        _remove(cache_dir, resolution, bad)  # never leave bad bytes where an engine loads them
+    if still:
+        remote, problem = still[0]
+        raise VerificationError(
+            f"{remote.path} of {resolution.repo}@{resolution.commit[:12]} fails"
+            f" verification twice ({problem.reason}); {settings.endpoint} serves bad data"
+        )
+    return tuple(problem for _, problem in failed)
+
+
+def _share(cache_dir: Path, resolution: Resolution, fetched: tuple[RemoteFile, ...]) -> None:
+    """Hard-link newly fetched (and verified) blobs over copies in other repos."""
+    for remote in fetched:
         if remote.sha256:
             blob = layout.blob_path(cache_dir, resolution.repo, remote.sha256)
             try:
                 dedupe.share_blob(cache_dir, blob)
             except OSError as err:
                 log.warning("could not share %s with other repos: %s", blob.name[:12], err)
-    return _result(
-        resolution,
-        snapshot,
-        downloaded=tuple(r.path for r in to_fetch),
-        linked=tuple(sorted(donors)),
-        refetched=tuple(refetched),
-        bytes_downloaded=sum(r.size for r in to_fetch),
-        bytes_linked=bytes_linked,
-    )
 
 
 def model_path(snapshot: Path, resolution: Resolution) -> Path:
@@ -249,24 +289,31 @@ def _snapshot_download(
 ) -> None:
     if not files:
         return
-    with hub_errors(settings, f"{resolution.repo}@{resolution.revision}"):
-        try:
-            snapshot_download(
-                resolution.repo,
-                revision=resolution.commit,
-                cache_dir=cache_dir,
-                endpoint=settings.endpoint,
-                token=settings.token_arg,
-                allow_patterns=[glob.escape(f.path) for f in files],
-                max_workers=workers,
-                tqdm_class=_QuietBar,  # type: ignore[arg-type]
-                library_name=LIBRARY_NAME,
-            )
-        except OSError as err:
-            # huggingface_hub's "Consistency check failed" (size mismatch after its retries)
-            raise HubError(
-                redact(f"download failed: {err}", settings.token), retryable=True
-            ) from None
+    what = f"{resolution.repo}@{resolution.revision}"
+    with hub_errors(settings, what):
+        snapshot_download(
+            resolution.repo,
+            revision=resolution.commit,
+            cache_dir=cache_dir,
+            endpoint=settings.endpoint,
+            token=settings.token_arg,
+            allow_patterns=[glob.escape(f.path) for f in files],
+            max_workers=workers,
+            tqdm_class=_QuietBar,  # type: ignore[arg-type]
+            library_name=LIBRARY_NAME,
+        )
+    # snapshot_download returns a partial snapshot when the hub stops answering mid-way
+    absent = [
+        f.path
+        for f in files
+        if layout.link_target(
+            layout.pointer_path(cache_dir, resolution.repo, resolution.commit, f.path)
+        )
+        is None
+    ]
+    if absent:
+        sample = ", ".join(absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
+        raise HubUnreachable(f"{settings.endpoint} did not deliver {sample} of {what}")
 
 
 def _verify(

@@ -209,6 +209,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch(head=True)
 
     def _refuse(self) -> None:
+        self.close_connection = True  # the request body, if any, is not read
         self._send_json({"error": "read-only mirror"}, HTTPStatus.METHOD_NOT_ALLOWED)
 
     do_POST = do_PUT = do_DELETE = do_PATCH = _refuse
@@ -237,6 +238,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json({"error": err.message}, HTTPStatus.NOT_FOUND, extra, head=head)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+        except Exception:
+            log.exception("mirror: %s %s failed", self.command, self.path)
+            self.close_connection = True
+            if not self._status:  # nothing sent yet: the client gets an answer
+                self._send_json({"error": "internal error"}, HTTPStatus.INTERNAL_SERVER_ERROR)
         finally:
             if self.mirror.record:
                 self.mirror.requests.append(

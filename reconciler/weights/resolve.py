@@ -100,20 +100,22 @@ def resolve(
     globs: Sequence[str] | None = None,
     settings: HubSettings | None = None,
 ) -> Resolution:
-    """Ask the hub, or the cache when offline or when the hub cannot be reached."""
+    """Ask the hub; the cache answers when offline, or when the hub is down but has this cached."""
     settings = settings or HubSettings()
     if settings.offline:
-        return resolve_cached(cache_dir, repo, revision, globs)
+        try:
+            return resolve_cached(cache_dir, repo, revision, globs)
+        except NotCachedError as err:
+            raise NotCachedError(f"offline (HF_HUB_OFFLINE) and {err}") from None
     try:
         return resolve_remote(repo, revision, globs, settings)
-    except HubUnreachable:
+    except (HubUnreachable, HubError) as err:
+        if not err.retryable:  # the hub answered: not found, no access
+            raise
         try:
             return resolve_cached(cache_dir, repo, revision, globs)
         except NotCachedError:
-            raise HubUnreachable(
-                f"cannot reach {settings.endpoint} to resolve {repo}@{revision},"
-                " and it is not in the cache"
-            ) from None
+            raise err from None
 
 
 def resolve_remote(
@@ -249,4 +251,10 @@ def hub_errors(settings: HubSettings, what: str) -> Iterator[None]:
                 f"cannot reach {settings.endpoint} for {what}: {type(err).__name__}: {err}",
                 settings.token,
             )
+        ) from None
+    except OSError as err:
+        # huggingface_hub's "Consistency check failed" (size mismatch after its own retries),
+        # or the disk failing under a download
+        raise HubError(
+            redact(f"download of {what} failed: {err}", settings.token), retryable=True
         ) from None

@@ -62,15 +62,22 @@ class Weights:
         return job.last if job else None
 
     async def ensure(
-        self, resolution: Resolution, progress: ProgressCallback | None = None
+        self,
+        resolution: Resolution,
+        progress: ProgressCallback | None = None,
+        *,
+        rehash: bool = True,
     ) -> DownloadResult:
-        """Download and verify ``resolution`` (see :func:`.download.ensure_downloaded`)."""
+        """Download and verify ``resolution`` (see :func:`.download.ensure_downloaded`).
+
+        A call for a resolution already being downloaded joins that download.
+        """
         key = _key(resolution)
         job = self._jobs.get(key)
         if job is None:
             job = _Job(asyncio.get_running_loop())
             self._jobs[key] = job
-            job.task = asyncio.create_task(self._run(key, job, resolution))
+            job.task = asyncio.create_task(self._run(key, job, resolution, rehash))
         if progress is not None:
             job.listeners.append(progress)
             if job.last is not None:
@@ -81,7 +88,9 @@ class Weights:
             if progress in job.listeners:
                 job.listeners.remove(progress)
 
-    async def _run(self, key: _Key, job: _Job, resolution: Resolution) -> DownloadResult:
+    async def _run(
+        self, key: _Key, job: _Job, resolution: Resolution, rehash: bool
+    ) -> DownloadResult:
         try:
             async with self._slots:
                 return await asyncio.to_thread(
@@ -90,6 +99,7 @@ class Weights:
                     resolution,
                     self.settings,
                     progress=job.report,
+                    rehash=rehash,
                     margin=self.margin,
                     measure=self.measure,
                 )

@@ -5,10 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from huggingface_hub import scan_cache_dir, snapshot_download, try_to_load_from_cache
+from huggingface_hub import (
+    hf_hub_download,
+    scan_cache_dir,
+    snapshot_download,
+    try_to_load_from_cache,
+)
 
 from reconciler.weights import (
+    HubError,
     HubSettings,
+    HubUnreachable,
     MirrorServer,
     NoMatchingFiles,
     Progress,
@@ -124,3 +131,35 @@ def test_progress_reports_bytes_up_to_the_total(
     assert seen[-1] == Progress(resolution.total_size, resolution.total_size, 3, 3)
     dones = [p.done for p in seen]
     assert dones == sorted(dones)
+
+
+def test_hub_refusing_mid_way_is_a_hub_error_not_bad_data(
+    cache: Path, settings: HubSettings, hub: MirrorServer, gguf_repo: str
+) -> None:
+    resolution = resolve(cache, "org/tiny-GGUF", "main", None, settings)
+    hub.token = "rotated"  # the hub starts refusing us after the resolution
+
+    with pytest.raises(HubError, match=r"refused access to org/tiny-GGUF@main \(401\)"):
+        ensure_downloaded(cache, resolution, settings)
+    assert not check_snapshot(cache, resolution, deep=True).corrupt
+
+
+def test_a_partial_snapshot_from_a_failing_hub_is_not_taken_for_complete(
+    cache: Path, settings: HubSettings, hub: MirrorServer, gguf_repo: str
+) -> None:
+    # another tool cached one file (no tree listing): huggingface_hub then returns the partial
+    # snapshot instead of raising when the hub refuses the listing
+    hf_hub_download(
+        "org/tiny-GGUF",
+        "config.json",
+        revision=gguf_repo,
+        cache_dir=cache,
+        endpoint=hub.url,
+        token=False,
+    )
+    resolution = resolve(cache, "org/tiny-GGUF", "main", None, settings)
+    hub.token = "rotated"
+
+    with pytest.raises(HubUnreachable, match=r"did not deliver README\.md, mmproj") as err:
+        ensure_downloaded(cache, resolution, settings)
+    assert err.value.retryable

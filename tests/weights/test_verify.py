@@ -80,3 +80,16 @@ def test_a_source_serving_bad_bytes_fails_and_leaves_nothing_loadable(
     check = check_snapshot(cache, resolution, deep=True)
     assert [f.path for f in check.missing] == ["model.safetensors"]
     assert [f.path for f in check.ok] == ["config.json"]
+
+
+def test_rehash_false_trusts_the_sizes_of_files_already_cached(
+    cache: Path, settings: HubSettings, hub: MirrorServer, repo: str
+) -> None:
+    first = fetch(cache, "org/m", "main", None, settings)
+    _flip_byte((first.snapshot_dir / "model.safetensors").resolve(), 100)
+
+    trusting = ensure_downloaded(cache, first.resolution, settings, rehash=False)
+    checking = ensure_downloaded(cache, first.resolution, settings)
+
+    assert trusting.refetched == ()
+    assert [p.path for p in checking.refetched] == ["model.safetensors"]
