@@ -213,14 +213,23 @@ def _fetch_verified(
     Returns the problems found in freshly fetched files (each was fetched again successfully).
     """
     _snapshot_download(cache_dir, resolution, settings, list(work.todo), workers)
-    failed = _verify(cache_dir, resolution, list(work.todo))
+    fetched = {r.path for r in work.to_fetch}  # the rest was hashed before it was linked
+    failed = [
+        (remote, FileProblem(remote.path, problem))
+        for remote in work.todo
+        if (problem := _check(cache_dir, resolution, remote, deep=remote.path in fetched))
+    ]
     if not failed:
         return ()
     for remote, problem in failed:
         log.warning("%s: %s after download; fetching it again", remote.path, problem.reason)
         _remove(cache_dir, resolution, remote)
     _snapshot_download(cache_dir, resolution, settings, [r for r, _ in failed], workers)
-    still = _verify(cache_dir, resolution, [r for r, _ in failed])
+    still = [
+        (remote, FileProblem(remote.path, problem))
+        for remote, _ in failed
+        if (problem := _check(cache_dir, resolution, remote, deep=True))
+    ]
     for bad, _ in still:
         _remove(cache_dir, resolution, bad)  # never leave bad bytes where an engine loads them
     if still:
@@ -316,16 +325,11 @@ def _snapshot_download(
         raise HubUnreachable(f"{settings.endpoint} did not deliver {sample} of {what}")
 
 
-def _verify(
-    cache_dir: Path, resolution: Resolution, files: list[RemoteFile]
-) -> list[tuple[RemoteFile, FileProblem]]:
-    failed = []
-    for remote in files:
-        pointer = layout.pointer_path(cache_dir, resolution.repo, resolution.commit, remote.path)
-        problem = check_file(pointer, remote, deep=True)
-        if problem is not None:
-            failed.append((remote, FileProblem(remote.path, problem)))
-    return failed
+def _check(
+    cache_dir: Path, resolution: Resolution, remote: RemoteFile, *, deep: bool
+) -> str | None:
+    pointer = layout.pointer_path(cache_dir, resolution.repo, resolution.commit, remote.path)
+    return check_file(pointer, remote, deep=deep)
 
 
 def _remove(cache_dir: Path, resolution: Resolution, remote: RemoteFile) -> None:

@@ -122,3 +122,18 @@ def test_binds_loopback_by_default_and_parses_listen(box_a: Path) -> None:
     assert parse_listen("[::1]:9000") == ("::1", 9000)
     with pytest.raises(ValueError, match="HOST:PORT"):
         parse_listen("8401")
+
+
+def test_a_cache_of_copies_is_served_with_content_hashes(
+    repos: HubRepos, hub: MirrorServer, tmp_path: Path
+) -> None:
+    commit = repos.commit("org/copies", {"model.safetensors": WEIGHTS})
+    pointer = repos.root / "models--org--copies" / "snapshots" / commit / "model.safetensors"
+    data = pointer.read_bytes()
+    pointer.unlink()
+    pointer.write_bytes(data)  # what HF_HUB_DISABLE_SYMLINKS (or Windows) leaves behind
+
+    result = fetch(tmp_path / "b", "org/copies", "main", None, HubSettings(endpoint=hub.url))
+
+    assert result.resolution.files[0].sha256 == hashlib.sha256(WEIGHTS).hexdigest()
+    assert (result.snapshot_dir / "model.safetensors").read_bytes() == WEIGHTS
