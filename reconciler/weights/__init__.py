@@ -18,7 +18,14 @@ other tools see the same files. Modules, one job each:
 from .config import HubSettings, read_token_file
 from .dedupe import DedupeReport, dedupe_cache
 from .disk import check_space, format_bytes, free_space
-from .download import DownloadResult, Progress, ensure_downloaded, fetch, measure_progress
+from .download import (
+    DownloadResult,
+    Progress,
+    ensure_downloaded,
+    fetch,
+    measure_progress,
+    model_path,
+)
 from .errors import (
     HubError,
     HubUnreachable,
@@ -31,6 +38,7 @@ from .errors import (
 )
 from .gc import GcCandidate, GcPlan, collect, plan_gc
 from .gguf_meta import read_gguf_metadata
+from .layout import snapshot_dir
 from .mirror import DEFAULT_LISTEN, MirrorServer, serve
 from .resolve import RemoteFile, Resolution, resolve, resolve_cached, resolve_remote
 from .service import Weights
@@ -67,6 +75,7 @@ __all__ = [
     "format_bytes",
     "free_space",
     "measure_progress",
+    "model_path",
     "plan_gc",
     "read_gguf_metadata",
     "read_token_file",
@@ -74,4 +83,5 @@ __all__ = [
     "resolve_cached",
     "resolve_remote",
     "serve",
+    "snapshot_dir",
 ]

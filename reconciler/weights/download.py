@@ -125,12 +125,11 @@ def ensure_downloaded(
     """
     settings = settings or HubSettings()
     cache_dir = Path(cache_dir)
-    snapshot = layout.snapshot_dir(cache_dir, resolution.repo, resolution.commit)
     check = check_snapshot(cache_dir, resolution, deep=rehash)
     if settings.offline:
         if not check.complete:
             raise NotCachedError(_offline_reason(resolution, check.missing, check.corrupt))
-        return _result(resolution, snapshot)
+        return _result(cache_dir, resolution)
 
     work = _plan_work(cache_dir, resolution, check)
     check_space(cache_dir, work.bytes_to_fetch, margin=margin, measure=measure)
@@ -141,8 +140,8 @@ def ensure_downloaded(
         layout.write_ref(cache_dir, resolution.repo, resolution.revision, resolution.commit)
     _share(cache_dir, resolution, work.to_fetch)
     return _result(
+        cache_dir,
         resolution,
-        snapshot,
         downloaded=tuple(r.path for r in work.to_fetch),
         linked=tuple(sorted(work.donors)),
         refetched=tuple(p for _, p in check.corrupt) + refetched,
@@ -252,11 +251,13 @@ def _share(cache_dir: Path, resolution: Resolution, fetched: tuple[RemoteFile, .
                 log.warning("could not share %s with other repos: %s", blob.name[:12], err)
 
 
-def model_path(snapshot: Path, resolution: Resolution) -> Path:
-    """The file an engine loads: the (first shard of the) GGUF selected, else the directory.
+def model_path(cache_dir: Path, resolution: Resolution) -> Path:
+    """What an engine's ``{model_path}`` is: the selected GGUF (its first shard), else the snapshot.
 
-    Multimodal projector files (``mmproj*``) are never the main file.
+    A whole-repo source (no globs) is its directory; multimodal projector files (``mmproj*``) are
+    never the main file. ``{model_dir}`` is always the snapshot directory.
     """
+    snapshot = layout.snapshot_dir(cache_dir, resolution.repo, resolution.commit)
     ggufs = sorted(
         f.path
         for f in resolution.files
@@ -267,11 +268,11 @@ def model_path(snapshot: Path, resolution: Resolution) -> Path:
     return snapshot
 
 
-def _result(resolution: Resolution, snapshot: Path, **kwargs: Any) -> DownloadResult:
+def _result(cache_dir: Path, resolution: Resolution, **kwargs: Any) -> DownloadResult:
     return DownloadResult(
         resolution=resolution,
-        snapshot_dir=snapshot,
-        model_path=model_path(snapshot, resolution),
+        snapshot_dir=layout.snapshot_dir(cache_dir, resolution.repo, resolution.commit),
+        model_path=model_path(cache_dir, resolution),
         **kwargs,
     )
 
