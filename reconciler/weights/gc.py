@@ -48,6 +48,8 @@ class GcPlan:
 
 def plan_gc(cache_dir: Path, in_use: InUse) -> GcPlan:
     """What ``gc`` would delete: every cached revision no ``in_use`` pair names (read-only)."""
+    if not Path(cache_dir).is_dir():
+        return GcPlan(candidates=(), kept=(), reclaimable=0, warnings=())
     return _plan(scan_cache_dir(cache_dir), in_use)
 
 
@@ -81,8 +83,11 @@ def collect(cache_dir: Path, in_use: InUse, *, delete: bool = False) -> GcPlan:
     """Plan, and with ``delete=True`` remove every candidate.
 
     The plan is recomputed here from a fresh scan, so a revision that came into use since an
-    earlier listing is kept.
+    earlier listing is kept. Pass the commits of downloads under way too: their snapshot exists
+    before their branch ref is written.
     """
+    if not Path(cache_dir).is_dir():
+        return plan_gc(cache_dir, in_use)
     info = scan_cache_dir(cache_dir)
     plan = _plan(info, in_use)
     if not delete:

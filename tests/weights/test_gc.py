@@ -70,3 +70,8 @@ def test_hard_linked_blobs_count_once_and_only_when_every_link_goes(
 
     assert plan_gc(cache, []).reclaimable == size  # all three go: the blob is freed once
     assert plan_gc(cache, [("org/a", "main")]).reclaimable == 0  # a keeps the blob alive
+
+
+def test_no_cache_yet_means_nothing_to_collect(tmp_path: Path) -> None:
+    plan = collect(tmp_path / "never-created", [], delete=True)
+    assert plan.candidates == () and plan.reclaimable == 0
