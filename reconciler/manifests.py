@@ -243,7 +243,7 @@ def _model_problems(
     problems = []
     if spec.engine not in engines:
         problems.append(
-            f"engine {spec.engine!r} does not exist (built-in: {', '.join(sorted(engines))})"
+            f"engine {spec.engine!r} does not exist (known: {', '.join(sorted(engines))})"
         )
     if isinstance(spec.gpus, list) and known_gpus is not None:
         missing = sorted(set(spec.gpus) - known_gpus)
