@@ -51,7 +51,9 @@ class PassResult(PlanResult):
 
 class Controller:
     def __init__(self, manifest_dir: Path, store: Store, runtimes: RuntimeSet) -> None:
-        self.manifest_dir = manifest_dir
+        # Absolute, so the paths remembered with the last valid documents name the same files
+        # whichever folder the next modelplane runs from (a broken file's fallbacks match by path).
+        self.manifest_dir = manifest_dir.absolute()
         self.store = store
         self.runtimes = runtimes
         self.executor = Executor(runtimes, store)
