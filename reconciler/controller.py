@@ -107,7 +107,8 @@ class Controller:
     ) -> PassResult:
         planned = await self.plan(activity, allow_empty)
         result = PassResult(**vars(planned))
-        await self.store.replace_documents(i.stored() for i in planned.manifests.in_force())
+        if not planned.refused:  # a refused (emptied) set must not wipe the last valid versions
+            await self.store.replace_documents(i.stored() for i in planned.manifests.in_force())
         result.generation = await self._generation(planned)
         if result.refused:
             await self.store.add_event("PruneRefused", result.refused)

@@ -245,3 +245,26 @@ async def test_a_broken_file_does_not_stop_a_running_backend(
     third = await controller.apply()
     assert [str(o.action) for o in third.outcomes] == ["stop a (removed from manifests)"]
     assert records(state_dir) == {}
+
+
+async def test_a_refused_apply_does_not_forget_the_last_valid_documents(
+    manifests: ManifestDir, controller: Controller
+) -> None:
+    """An emptied directory (a checkout half-way) is refused, and must not wipe the memory that
+    keeps a file that comes back broken in force."""
+    manifests.write("engine.yaml", fake_engine_doc("fake"))
+    manifests.write("a.yaml", model_doc("a", pin=True))
+    manifests.write("b.yaml", model_doc("b", pin=True))
+    assert (await controller.apply()).ok
+    for name in ("engine.yaml", "a.yaml", "b.yaml"):
+        manifests.remove(name)
+    refused = await controller.apply()
+    assert refused.refused is not None and refused.outcomes == []
+
+    manifests.write("engine.yaml", fake_engine_doc("fake"))
+    manifests.write("a.yaml", model_doc("a", pin=True))
+    manifests.write("b.yaml", "kind: [\n")  # comes back broken
+    result = await controller.apply()
+    assert result.outcomes == []  # b is kept in force: nothing stopped, nothing started
+    assert sorted(result.desired.models) == ["a", "b"]
+    assert result.desired.models["b"].stale is not None
