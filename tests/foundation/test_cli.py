@@ -196,6 +196,12 @@ def test_plan_apply_adopt_status_events_logs(
     assert invalid.code == 1
     assert f"{manifests.path('broken.yaml')}:2:1: YAML syntax:" in invalid.stderr
 
+    # The model's own file breaks: it keeps running, shown as Stale with the error's position.
+    manifests.write("models/m.yaml", model_doc(name, pin=True).replace("spec:", "spec: ["))
+    rows = {r["name"]: r for r in cli("status", "--dir", manifests.root, "--json").json()["models"]}
+    assert (rows[name]["phase"], rows[name]["sync"]) == ("Ready", "Stale")
+    assert f"{manifests.path('models/m.yaml')}:5:1: YAML syntax:" in rows[name]["reason"]
+
 
 # --- apply: failures, invalid input, the prune guard, drift ---------------------------------------
 

@@ -67,6 +67,14 @@ def test_invalid_yaml_points_at_the_offending_character(manifests: ManifestDir) 
     assert "YAML syntax:" in error
 
 
+def test_a_duplicate_key_makes_the_file_unreadable(manifests: ManifestDir) -> None:
+    manifests.write("m.yaml", MODEL + "  pin: true\n  pin: false\n")
+    assert only_error(manifests) == (
+        f"{manifests.path('m.yaml')}:9:3: YAML syntax: while constructing a mapping "
+        'found duplicate key "pin" with value "False" (original value: "True")'
+    )
+
+
 def test_unknown_field_suggests_the_right_one(manifests: ManifestDir) -> None:
     manifests.write("m.yaml", MODEL + "  stayWarn: 10m\n")
     assert only_error(manifests) == (
