@@ -143,12 +143,16 @@ class Controller:
         return {m: Activity(last_used=t) for m, t in (await self.store.last_used()).items()}
 
     async def _generation(self, planned: PlanResult) -> int:
-        """A new generation when the manifests changed since the last one, else the last."""
+        """A new generation when the manifests changed since the last one, else the last.
+
+        A document turning invalid changes no document in force (its last valid version stays),
+        so the errors count as a change too: that is what records the ``Invalid`` event.
+        """
         last = await self.store.last_generation()
         digest = planned.manifests.digest
-        if last is not None and last.digest == digest:
-            return last.id
         errors = [str(e) for e in planned.manifests.errors]
+        if last is not None and last.digest == digest and last.summary.get("errors") == errors:
+            return last.id
         if errors:
             await self.store.add_event(
                 "Invalid",

@@ -268,3 +268,19 @@ async def test_a_refused_apply_does_not_forget_the_last_valid_documents(
     assert result.outcomes == []  # b is kept in force: nothing stopped, nothing started
     assert sorted(result.desired.models) == ["a", "b"]
     assert result.desired.models["b"].stale is not None
+
+
+async def test_a_document_turning_invalid_is_an_event_once(
+    manifests: ManifestDir, controller: Controller
+) -> None:
+    manifests.write("a.yaml", MODEL_A)
+    first = await controller.apply()
+    manifests.write("a.yaml", MODEL_A + "  stayWarm: soon\n")
+    second = await controller.apply()
+    third = await controller.apply()  # the same broken file: no new generation, no new event
+    invalid = [e for e in await controller.store.events() if e.kind == "Invalid"]
+    assert len(invalid) == 1
+    assert f"{manifests.path('a.yaml')}:8:13: Model/a: spec.stayWarm:" in invalid[0].message
+    assert first.generation < second.generation == third.generation
+    generation = await controller.store.last_generation()
+    assert generation is not None and len(generation.summary["errors"]) == 1
