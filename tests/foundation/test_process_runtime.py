@@ -262,3 +262,22 @@ async def test_a_failed_start_is_an_event_with_the_log_tail(
     assert events[-1].message.startswith("start m (pinned, not running): m: backend exited")
     [row] = await controller.status()
     assert row.phase == "Failed" and "exited with code 5" in row.reason
+
+
+async def test_manifest_gpus_reach_the_backend_as_cuda_visible_devices(
+    manifests: ManifestDir, controller: Controller, state_dir: Path
+) -> None:
+    manifests.write("engine.yaml", fake_engine_doc("fake"))
+    manifests.write(
+        "models.yaml",
+        model_doc("explicit", pin=True, gpus=[1, 0]),
+        model_doc("cpu", pin=True, gpus="none"),
+    )
+    result = await controller.apply()
+    assert result.ok, result.failures
+    found = {
+        name: stats(f"http://127.0.0.1:{record['port']}")["env"]["CUDA_VISIBLE_DEVICES"]
+        for name, record in records(state_dir).items()
+    }
+    assert found == {"explicit": "1,0", "cpu": ""}
+    assert {r.name: r.gpus for r in await controller.status()} == {"explicit": (1, 0), "cpu": ()}

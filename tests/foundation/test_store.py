@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,9 +21,9 @@ from .conftest import REPO
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> Store:
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
     opened = await Store.open(tmp_path / "state" / "modelplane.db")
-    yield opened  # type: ignore[misc]
+    yield opened
     await opened.close()
 
 
