@@ -311,7 +311,7 @@ def test_alias_colliding_with_another_alias(manifests: ManifestDir) -> None:
     result = load(manifests.root)
     assert errors(result) == [
         f"{manifests.path('a.yaml')}:6:1: Model/two: "
-        f"alias 'gpt-4o-mini' is already a alias of Model/one ({manifests.path('a.yaml')}:1:1)"
+        f"alias 'gpt-4o-mini' is already an alias of Model/one ({manifests.path('a.yaml')}:1:1)"
     ]
     assert sorted(result.models) == ["one"]
 
