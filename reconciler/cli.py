@@ -200,6 +200,67 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
     out.print(f"generation {result.generation}: converged, {what} ({took:.1f}s)")
 
 
+# --- run / down ------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    directory: DirArg = Path(DEFAULT_DIR),
+    listen: Annotated[
+        str | None, typer.Option(help="Override the Node's listen address (host:port).")
+    ] = None,
+    log_format: Annotated[str, typer.Option(help="text or json (JSON lines on stderr).")] = "text",
+    allow_empty: AllowEmpty = False,
+    grace: Annotated[
+        float, typer.Option(help="Seconds SIGTERM waits for requests in flight.")
+    ] = 30.0,
+) -> None:
+    """The service: OpenAI proxy + reconcile loop + manifest watcher, until SIGTERM."""
+    from .serve import run as run_loop
+    from .serve import serve
+
+    if log_format not in ("text", "json"):
+        err.print("--log-format must be text or json", markup=False)
+        raise typer.Exit(2)
+    code = run_loop(serve(directory, listen, log_format, allow_empty, grace))
+    raise typer.Exit(code)
+
+
+@app.command()
+def down(directory: DirOption = Path(DEFAULT_DIR)) -> None:
+    """Stop and remove every backend modelplane manages (processes and containers)."""
+
+    async def go() -> tuple[int, dict[str, str]]:
+        controller = await _controller(directory)
+        try:
+            try:
+                _, desired = await controller.load()
+                names = {"process", desired.node.runtime}
+                names |= {m.runtime for m in desired.models.values()}
+            except FileNotFoundError:
+                names = {"process"}
+            instances, unavailable = await controller.runtimes.list(names)
+            stopped = 0
+            for inst in instances:
+                if inst.managed:
+                    await controller.runtimes.get(inst.runtime).stop(inst)
+                    await controller.store.add_event(
+                        "Stopped", "stopped by modelplane down", inst.model
+                    )
+                    out.print(f"stopped {inst.model} ({inst.runtime} {inst.ident})", markup=False)
+                    stopped += 1
+            return stopped, unavailable
+        finally:
+            await controller.close()
+
+    stopped, unavailable = _run(go())
+    for runtime, why in unavailable.items():
+        err.print(f"runtime {runtime} unavailable: {why}", markup=False)
+    out.print(f"{stopped} backend(s) stopped")
+    if unavailable:
+        raise typer.Exit(1)
+
+
 # --- status / events / logs ------------------------------------------------------------------
 
 
@@ -290,6 +351,89 @@ def logs(
         err.print(f"no log for {model}", markup=False)
         raise typer.Exit(1)
     sys.stdout.write(text + "\n")
+
+
+# --- gitops and operations ----------------------------------------------------------------------
+
+
+@app.command()
+def history(
+    directory: DirOption = Path(DEFAULT_DIR),
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+) -> None:
+    """Applied generations: time, git commit, outcome, and which models changed."""
+    from .gitinfo import changes_between
+
+    async def go() -> list[Any]:
+        controller = await _controller(directory)
+        try:
+            return await controller.store.generations(limit=limit + 1)
+        finally:
+            await controller.close()
+
+    generations = list(reversed(_run(go())))
+    table = Table(box=None, pad_edge=False)
+    for column in ("GEN", "TIME", "COMMIT", "OUTCOME", "CHANGES"):
+        table.add_column(column)
+    rows = []
+    for before, gen in zip([None, *generations], generations, strict=False):
+        old = before.summary.get("models", {}) if before else {}
+        changes = changes_between(old, gen.summary.get("models", {}))
+        commit = (gen.git_commit or "-")[:12] + (" (dirty)" if gen.git_dirty else "")
+        subject = gen.summary.get("git", {}).get("subject", "")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(gen.time))
+        detail = changes.summary() + (f"  [{subject}]" if subject else "")
+        rows.append((str(gen.id), when, commit, gen.outcome, detail))
+    for row in rows[-limit:]:
+        table.add_row(*row)
+    out.print(table)
+
+
+@app.command()
+def doctor(directory: DirArg = Path(DEFAULT_DIR)) -> None:
+    """Check docker, NVML, disk, the listen port, git and the HF endpoint; print the fixes."""
+    from . import doctor as checks
+    from . import paths
+
+    try:
+        node = manifest_sets.load(directory).node
+    except FileNotFoundError:
+        node = manifest_sets.NodeSpec()
+    results = checks.run_doctor(
+        manifests_dir=directory,
+        cache_dir=paths.cache_dir(node),
+        listen=node.listen,
+        runtime=node.runtime,
+        gpus_required=isinstance(node.gpus, list),
+        docker_host=node.docker_host,
+        hf_endpoint=os.environ.get("HF_ENDPOINT"),
+    )
+    checks.render(results, out)
+    raise typer.Exit(checks.exit_code(results))
+
+
+@app.command()
+def gpus(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False) -> None:
+    """The GPU inventory as NVML (or the Node manifest's static list) reports it."""
+    from .gpus import gpu_table, inventory_json, node_gpus, read_inventory
+
+    try:
+        node = manifest_sets.load(directory).node
+    except FileNotFoundError:
+        node = manifest_sets.NodeSpec()
+    inventory = read_inventory(node_gpus(node))
+    if as_json:
+        sys.stdout.write(json.dumps(inventory_json(inventory), indent=2) + "\n")
+        return
+    out.print(gpu_table(inventory, reserve=node.vram_reserve))
+
+
+@app.command("hash-key")
+def hash_key(key: str) -> None:
+    """Print the sha256 of an API key, for Node.apiKeys (the key itself never goes in a file)."""
+    import hashlib
+
+    sys.stdout.write(hashlib.sha256(key.encode()).hexdigest() + "\n")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from . import manifests as manifest_sets
 from . import paths
 from .desired import Desired, build_desired
 from .executor import Executor, Outcome
+from .gitinfo import changes_between, git_info_async
 from .manifests import ManifestSet
 from .planner import Action, Activity, PruneRefused, plan
 from .runtimes import RuntimeSet
@@ -143,22 +144,55 @@ class Controller:
         return {m: Activity(last_used=t) for m, t in (await self.store.last_used()).items()}
 
     async def _generation(self, planned: PlanResult) -> int:
-        """A new generation when the manifests changed since the last one, else the last.
+        generation, _ = await self.record_generation(planned.manifests, planned.desired, "applying")
+        return generation
 
+    async def record_generation(
+        self, manifests: ManifestSet, desired: Desired, outcome: str
+    ) -> tuple[int, bool]:
+        """The generation these manifests are, and whether it is new.
+
+        A new generation starts when the documents in force change, or when the git commit
+        they come from does (committing an edit that was applied dirty is a new generation).
         A document turning invalid changes no document in force (its last valid version stays),
-        so the errors count as a change too: that is what records the ``Invalid`` event.
+        so a change in the errors counts too: that is what records the ``Invalid`` event.
         """
         last = await self.store.last_generation()
-        digest = planned.manifests.digest
-        errors = [str(e) for e in planned.manifests.errors]
-        if last is not None and last.digest == digest and last.summary.get("errors") == errors:
-            return last.id
+        git = await git_info_async(self.manifest_dir)
+        sha = git.sha if git else None
+        errors = [str(e) for e in manifests.errors]
+        if (
+            last is not None
+            and last.digest == manifests.digest
+            and last.git_commit == sha
+            and last.summary.get("errors", []) == errors
+        ):
+            return last.id, False
+        models = {name: m.spec_hash for name, m in desired.models.items()}
+        summary: dict[str, Any] = {"models": models, "errors": errors}
+        if git is not None:
+            summary["git"] = {"subject": git.subject, "dirtyFiles": list(git.dirty_files)}
+        generation = await self.store.add_generation(
+            manifests.digest,
+            outcome,
+            summary,
+            git_commit=sha,
+            git_branch=git.branch if git else None,
+            git_dirty=git.dirty if git else None,
+        )
+        before = last.summary.get("models", {}) if last else {}
+        changes = changes_between(before, models)
+        source = f" from {git.describe()}" if git else ""
+        await self.store.add_event(
+            "Applied", f"generation {generation}{source}: {changes.summary() or 'no model changes'}"
+        )
         if errors:
             await self.store.add_event(
                 "Invalid",
-                f"{len(errors)} manifest error(s); last valid versions kept:\n" + "\n".join(errors),
+                f"{len(errors)} invalid document(s); last valid versions kept:\n"
+                + "\n".join(errors),
             )
-        return await self.store.add_generation(digest, "applying", _summary(planned))
+        return generation, True
 
 
 def _summary(result: PlanResult) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class Outcome:
     ok: bool
     message: str = ""
     instance: Instance | None = None
+    permanent: bool = False  # a failure that only a spec change can mend
 
 
 def explicit_placement(model: DesiredModel) -> Placement:
@@ -73,7 +74,7 @@ class Executor:
         return outcomes
 
     async def execute(self, action: Action, desired: Desired, generation: int) -> Outcome:
-        if action.kind in ("stop", "unload"):
+        if action.kind in ("stop", "unload", "evict"):
             assert action.instance is not None
             return await self._stop(action, action.instance)
         model = desired.models[action.model]
@@ -91,7 +92,7 @@ class Executor:
             await self.event("Failed", f"{action}: could not stop: {exc}", action.model)
             return Outcome(action, False, f"could not stop: {exc}")
         if not quiet:
-            kind = {"unload": "Unloaded", "recreate": "Stopped"}.get(action.kind, "Stopped")
+            kind = {"unload": "Unloaded", "evict": "Evicted"}.get(action.kind, "Stopped")
             await self.event(kind, str(action), action.model)
         return Outcome(action, True)
 
@@ -99,7 +100,7 @@ class Executor:
         runtime = self.runtimes.get(model.runtime)
         began = time.monotonic()
         try:
-            gpus, extra_args = self.place(model)
+            gpus, extra_args = action.placement or self.place(model)
             spec = launch_spec(model, generation, gpus, self.resolve_path(model), extra_args)
         except ValueError as exc:
             return await self._failed(action, str(exc))
@@ -107,7 +108,7 @@ class Executor:
         try:
             instance = await runtime.start(spec)
         except StartError as exc:
-            return await self._failed(action, str(exc))
+            return await self._failed(action, str(exc), exc.permanent)
         except Exception as exc:  # runtime unavailable, docker API errors, ...
             return await self._failed(action, f"{type(exc).__name__}: {exc}")
         took = time.monotonic() - began
@@ -117,10 +118,10 @@ class Executor:
         )
         return Outcome(action, True, instance=instance)
 
-    async def _failed(self, action: Action, message: str) -> Outcome:
+    async def _failed(self, action: Action, message: str, permanent: bool = False) -> Outcome:
         await self.store.set_model_state(action.model, "Failed", message)
         await self.event("Failed", f"{action}: {message}", action.model)
-        return Outcome(action, False, message)
+        return Outcome(action, False, message, permanent=permanent)
 
     async def event(self, kind: str, message: str, model: str | None = None) -> None:
         await self.store.add_event(kind, message, model)

@@ -14,7 +14,7 @@ def model_location(model: DesiredModel, resolved_path: str | None = None) -> tup
     path = model.spec.source.path or resolved_path
     if path is None:
         raise ValueError(f"{model.name}: weights are not available locally yet")
-    location = Path(path)
+    location = Path(path).expanduser()
     directory = location if location.is_dir() or not location.suffix else location.parent
     return str(location), str(directory)
 
@@ -52,7 +52,8 @@ def launch_spec(
         spec_hash=model.spec_hash,
         spec=model.effective,
         command=tuple(command),
-        env={**model.engine.env, **model.spec.env},
+        # CUDA numbers GPUs by PCI bus like NVML (and placement) only when told to.
+        env={"CUDA_DEVICE_ORDER": "PCI_BUS_ID", **model.engine.env, **model.spec.env},
         gpus=gpus,
         health_path=model.engine.health_path,
         startup_timeout=model.spec.startup_timeout,

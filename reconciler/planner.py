@@ -23,7 +23,8 @@ from .desired import Desired, DesiredModel, changed_fields
 from .runtimes.base import Instance
 from .units import format_duration
 
-ActionKind = Literal["start", "stop", "recreate", "unload"]
+ActionKind = Literal["start", "stop", "recreate", "unload", "evict"]
+GpuPlacement = tuple[tuple[int, ...] | None, tuple[str, ...]]  # (GPU indices or None, split args)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Action:
     model: str
     cause: str
     instance: Instance | None = None  # the instance stopped or replaced
+    placement: GpuPlacement | None = None  # set by the GPU scheduler for starts
 
     def __str__(self) -> str:
         return f"{self.kind} {self.model} ({self.cause})"

@@ -174,6 +174,17 @@ class NotifyTarget(Strict):
     )
 
 
+class ProxySpec(Strict):
+    """Limits of the OpenAI endpoint."""
+
+    max_body_size: Size = 32 * 2**20
+    max_queue: int = Field(256, ge=0, description="Requests that may wait per model; then 429.")
+    queue_timeout: Duration = Field(
+        300.0, description="Longest wait for a slot or for room on the GPUs; then 503."
+    )
+    loading_comment_interval: Duration = 5.0
+
+
 class NodeSpec(Strict):
     runtime: RuntimeName = "process"
     listen: str = Field("127.0.0.1:8400", pattern=r"^.+:\d+$")
@@ -188,6 +199,7 @@ class NodeSpec(Strict):
     docker_host: str | None = None
     git: GitSpec | None = None
     notify: list[NotifyTarget] = Field(default_factory=list)
+    proxy: ProxySpec = Field(default_factory=ProxySpec)
 
 
 # --- envelopes ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,6 +123,7 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        self.listeners: list[Callable[[Event], None]] = []  # told of each new event
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -184,7 +185,10 @@ class Store:
             "INSERT INTO events (time, model, kind, message) VALUES (?, ?, ?, ?)",
             (now, model, kind, message),
         )
-        return Event(int(cur.lastrowid or 0), now, model, kind, message)
+        event = Event(int(cur.lastrowid or 0), now, model, kind, message)
+        for listener in self.listeners:
+            listener(event)
+        return event
 
     async def events(
         self, model: str | None = None, limit: int = 100, after_id: int = 0
@@ -306,6 +310,14 @@ class Store:
         return {r[0]: ModelState(r[0], r[1], r[2], r[3], r[4]) for r in rows}
 
     # --- activity and requests ---------------------------------------------------------------
+
+    async def set_last_used(self, used: Mapping[str, float]) -> None:
+        """Record idle clocks (batched by the service) so a restart continues them."""
+        await self.db.executemany(
+            "INSERT INTO activity (model, last_used) VALUES (?, ?)"
+            " ON CONFLICT(model) DO UPDATE SET last_used = excluded.last_used",
+            list(used.items()),
+        )
 
     async def touch(self, model: str, when: float | None = None) -> None:
         await self.db.execute(

@@ -24,7 +24,7 @@ class RuntimeSet:
             elif name == "docker":
                 from .docker import DockerRuntime  # imported lazily: needs the docker SDK only
 
-                self._runtimes[name] = DockerRuntime(self.docker_host)  # type: ignore[call-arg]
+                self._runtimes[name] = DockerRuntime(self.docker_host)
             else:
                 raise ValueError(f"unknown runtime {name!r}")
         return self._runtimes[name]

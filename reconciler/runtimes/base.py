@@ -97,6 +97,8 @@ class LaunchSpec:
 class StartError(Exception):
     """A backend did not become healthy: it exited early or timed out."""
 
+    permanent = False  # True: retrying cannot help until the spec changes (missing image...)
+
     def __init__(self, message: str, log_tail: str = "") -> None:
         super().__init__(message)
         self.message = message

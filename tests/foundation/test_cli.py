@@ -214,7 +214,7 @@ def test_apply_fails_with_the_reason(cli: Cli, manifests: ManifestDir) -> None:
     assert "FAIL  start m (pinned, not running): m: backend exited with code 4" in done.stderr
     assert "FATAL: failed to load model 'm'" in done.stderr
     assert "not converged" in done.stderr
-    events = cli("events", "--dir", manifests.root).stdout
+    events = cli("events", "--dir", manifests.root, "--model", "m").stdout
     heads = [line.split()[2:4] for line in events.splitlines() if TIMESTAMP.match(line)]
     assert heads == [["Starting", "m"], ["Failed", "m"]]
     assert "FATAL: failed to load model 'm'" in events  # the log tail, below its event line

@@ -1,0 +1,57 @@
+"""VRAM estimates per model, from what is on disk (GGUF headers, file sizes). I/O at the edge.
+
+The formula itself is pure (:func:`reconciler.vram.estimate`); this module finds its inputs: the
+GGUF metadata of the main file (read once per file version, cached) or the total size of a
+safetensors folder.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from .desired import DesiredModel
+from .vram import CannotEstimate, Estimate, GgufInfo, estimate
+from .weights.gguf_meta import read_gguf_metadata
+
+
+def estimate_model(model: DesiredModel, path: str | None) -> Estimate | str:
+    """The model's estimate, or why there is none (the message names the fix)."""
+    info: GgufInfo | None = None
+    size: int | None = None
+    location = Path(path).expanduser() if path else None
+    try:
+        if location is not None and location.is_file() and location.suffix == ".gguf":
+            stat = location.stat()
+            info = _gguf_info(str(location), stat.st_mtime_ns, stat.st_size)
+        elif location is not None and location.is_dir():
+            size = sum(p.stat().st_size for p in location.rglob("*") if p.is_file())
+        return estimate(
+            vram=model.spec.vram,
+            engine=model.spec.engine,
+            args=model.spec.args,
+            gguf_info=info,
+            weights_size=size,
+        )
+    except (CannotEstimate, ValueError, OSError) as exc:
+        return str(exc)
+
+
+@lru_cache(maxsize=256)
+def _gguf_info(path: str, mtime_ns: int, size: int) -> GgufInfo:
+    meta = read_gguf_metadata(path)
+    shards = int(meta.get("split_count") or 1)
+    return GgufInfo.from_mapping(
+        {
+            "architecture": meta.get("architecture") or "",
+            "layers": meta.get("block_count"),
+            "context_length": meta.get("context_length"),
+            "heads": meta.get("head_count"),
+            "kv_heads": meta.get("head_count_kv"),
+            "embedding_length": meta.get("embedding_length"),
+            "size": size * shards,
+            "key_length": meta.get("key_length"),
+            "value_length": meta.get("value_length"),
+            "vocab_size": meta.get("vocab_size"),
+        }
+    )

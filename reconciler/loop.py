@@ -1,0 +1,520 @@
+"""The reconcile loop of ``modelplane run``: triggers, passes, and per-model work in the background.
+
+A pass is quick: it (re)reads the manifests when they changed, lists the runtimes, plans, and
+hands each action to a task of its own. Starting a model can take minutes, so it never holds up
+the pass, other models' actions, or requests to models that are ready. A model with an action
+under way is "busy": later passes leave it alone until that action ends, then run again.
+
+Triggers of a pass: manifest changes (watchfiles, debounced), the periodic resync, wake requests,
+stay-warm expiry, the end of an action, and ``POST /api/reconcile``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import watchfiles
+
+from proxy.gateway import PRIORITIES
+
+from .activity import ActivityTracker
+from .controller import Controller
+from .desired import Desired
+from .estimates import estimate_model
+from .eviction import RunningModel
+from .gpus import Inventory, node_gpus, observed_usage, read_inventory
+from .gputypes import Claim
+from .manifests import ManifestSet
+from .planner import Action, PruneRefused, plan
+from .runtimes.backoff import CrashBackoff
+from .runtimes.base import Instance
+from .scheduler import instance_claims, schedule
+from .vram import Estimate
+
+log = logging.getLogger("modelplane.loop")
+
+DEBOUNCE_MS = 300
+SETTLE = 10.0  # seconds a start waits for evicted models' memory to show free in NVML
+
+
+@dataclass
+class Phase:
+    name: str  # Asleep | Starting | Ready | Draining | Failed | Unschedulable | Downloading
+    reason: str = ""
+    retry_at: float | None = None
+    since: float = 0.0
+
+
+class WakeFailed(Exception):
+    """A start that a wake was waiting for failed (the backend's own fault: HTTP 502)."""
+
+
+class WakeUnschedulable(Exception):
+    """The model could not be placed on the GPUs for as long as a request may wait."""
+
+
+class ReconcileLoop:
+    def __init__(
+        self,
+        controller: Controller,
+        activity: ActivityTracker,
+        allow_empty: bool = False,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        self.controller = controller
+        self.activity = activity
+        self.allow_empty = allow_empty
+        self.drain_timeout = drain_timeout
+        self.manifests: ManifestSet | None = None
+        self.desired: Desired | None = None
+        self.generation = 0
+        self.load_error: str | None = None
+        self.actual: list[Instance] = []
+        self.unavailable: dict[str, str] = {}
+        self.ready: dict[str, str] = {}  # model → endpoint of a healthy backend
+        self.phases: dict[str, Phase] = {}
+        self.busy: dict[str, asyncio.Task[None]] = {}
+        self.backoff = CrashBackoff()
+        self.inventory = Inventory()
+        self.estimates: dict[str, Estimate | str] = {}
+        self.claims: dict[str, tuple[Claim, ...]] = {}  # held by backends running or starting
+        self.waiting_gpu: dict[str, str] = {}  # model → why its start waits for VRAM
+        self.unschedulable_since: dict[str, float] = {}
+        self.settle_until = 0.0
+        self.unschedulable_wait = 300.0  # Node.proxy.queueTimeout
+        self.passes = 0
+        self.on_change: list[Callable[[], None]] = []  # called after each pass / phase change
+        self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._placed: dict[str, tuple[Claim, ...]] = {}
+        self._wakeup = asyncio.Event()
+        self._reload = True
+        self._pass_lock = asyncio.Lock()
+        self._last_errors: list[str] = []
+        self._refused: str | None = None
+        self._first_pass = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    # --- triggers ---------------------------------------------------------------------------
+
+    def trigger(self, reload: bool = False) -> None:
+        """Ask for a pass soon (``reload``: re-read the manifests first)."""
+        self._reload = self._reload or reload
+        self._wakeup.set()
+
+    async def wait_first_pass(self) -> None:
+        await self._first_pass.wait()
+
+    async def run(self) -> None:
+        """Passes until :meth:`stop`: on a trigger, at the next resync or stay-warm expiry."""
+        while not self._stopping.is_set():
+            try:
+                await self.pass_once()
+            except Exception:  # a pass must never kill the service; the next one retries
+                log.exception("reconcile pass failed")
+            timeout = max(0.0, self._next_deadline() - time.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            self._wakeup.clear()
+
+    async def watch(self) -> None:
+        """Re-read the manifests when any file under the directory changes (debounced)."""
+        directory = self.controller.manifest_dir
+        while not self._stopping.is_set():
+            if not directory.is_dir():
+                await asyncio.sleep(1.0)
+                continue
+            with contextlib.suppress(FileNotFoundError, RuntimeError):
+                async for _changes in watchfiles.awatch(
+                    directory,
+                    debounce=DEBOUNCE_MS,
+                    step=50,
+                    stop_event=self._stopping,
+                    recursive=True,
+                ):
+                    log.info("manifests changed", extra={"event": "manifests-changed"})
+                    self.trigger(reload=True)
+
+    async def watch_docker(self) -> None:
+        """See a managed container exit at once (the daemon's event stream), not at resync."""
+        from .runtimes.docker_events import ContainerEvents
+
+        while not self._stopping.is_set():
+            desired = self.desired
+            uses_docker = desired is not None and (
+                desired.node.runtime == "docker"
+                or any(m.runtime == "docker" for m in desired.models.values())
+            )
+            if not uses_docker:
+                await asyncio.sleep(2.0)
+                continue
+            assert desired is not None
+            try:
+                async with ContainerEvents(desired.node.docker_host) as events:
+                    async for event in events:
+                        log.info("container %s: %s", event.model, event.action)
+                        self.trigger()
+            except Exception as exc:  # the daemon went away: resync reports it; retry soon
+                log.warning("docker events unavailable: %s", exc)
+                await asyncio.sleep(2.0)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wakeup.set()
+        for task in list(self.busy.values()):
+            task.cancel()
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(WakeFailed("modelplane is shutting down"))
+
+    def _next_deadline(self) -> float:
+        now = time.time()
+        resync = self.desired.node.resync if self.desired else 30.0
+        deadline = now + resync
+        if self.desired is None:
+            return deadline
+        for name in self.ready:
+            model = self.desired.models.get(name)
+            if model is None or model.pinned or self.activity.busy(name):
+                continue
+            last = self.activity.last_used.get(name) or self._started_at(name) or now
+            deadline = min(deadline, last + model.spec.stay_warm + 0.05)
+        retries = [p.retry_at for p in self.phases.values() if p.retry_at and p.retry_at > now]
+        if self.waiting_gpu or self.unschedulable_since:
+            retries.append(now + 0.5)  # evictions settling, or a busy model may become free
+        return min([deadline, *retries])
+
+    def _started_at(self, name: str) -> float | None:
+        return next((i.started_at for i in self.actual if i.model == name), None)
+
+    # --- one pass ---------------------------------------------------------------------------
+
+    async def pass_once(self) -> None:
+        async with self._pass_lock:
+            if self._reload or self.desired is None:
+                self._reload = False
+                await self._load()
+            if self.desired is None:
+                return
+            self.actual, self.unavailable = await self.controller.observe(self.desired)
+            self.inventory = await asyncio.to_thread(read_inventory, node_gpus(self.desired.node))
+            await self._sync_ready()
+            now = time.time()
+            try:
+                actions = plan(
+                    self.desired,
+                    self.actual,
+                    now,
+                    self.activity.snapshot(),
+                    allow_empty=self.allow_empty,
+                )
+                self._refused = None
+            except PruneRefused as exc:
+                actions = []
+                if self._refused != str(exc):
+                    self._refused = str(exc)
+                    await self.controller.store.add_event("PruneRefused", str(exc))
+            for action in await self._schedule(actions, now):
+                self.dispatch(action, now)
+            self.passes += 1
+            self._first_pass.set()
+            self._changed()
+
+    async def _schedule(self, actions: list[Action], now: float) -> list[Action]:
+        """Place starts on GPUs, plan evictions, and mark what cannot be placed."""
+        assert self.desired is not None
+        desired = self.desired
+        running = {i.model: i for i in self.actual if i.managed and i.state == "running"}
+        for name in list(self.claims):
+            if name not in running and name not in self.busy:
+                del self.claims[name]
+        for name, inst in running.items():
+            if name not in self.claims:
+                self.claims[name] = instance_claims(name, inst.gpus, self.estimates.get(name))
+        pids = {n: [int(i.ident)] for n, i in running.items() if i.runtime == "process"}
+        seen = observed_usage(self.inventory, pids)
+        claims = {
+            name: tuple(replace(c, observed=seen.get((name, c.gpu))) for c in held)
+            for name, held in self.claims.items()
+        }
+        candidates = []
+        for name, held in claims.items():
+            model = desired.models.get(name)
+            candidates.append(
+                RunningModel(
+                    name=name,
+                    claims=held,
+                    priority=PRIORITIES[model.spec.priority] if model else PRIORITIES["batch"],
+                    pinned=bool(model and model.pinned),
+                    in_flight=self.activity.in_flight.get(name, 0),
+                    last_used=self.activity.last_used.get(name)
+                    or (running[name].started_at if name in running else now),
+                    running=name in self.ready and name not in self.busy,
+                )
+            )
+        settling = frozenset(self.waiting_gpu) if now < self.settle_until else frozenset()
+        result = schedule(
+            actions,
+            desired,
+            self.actual,
+            self.inventory.gpus,
+            desired.node.vram_reserve,
+            claims,
+            self.estimates,
+            candidates,
+            settling,
+        )
+        self.waiting_gpu = dict(result.waiting)
+        for name, reason in result.waiting.items():
+            self.unschedulable_since.pop(name, None)
+            self._set_phase(name, "Starting", reason)
+        for name, reason in result.unschedulable.items():
+            self.unschedulable_since.setdefault(name, now)
+            if self.phases.get(name, Phase("")).reason != reason:
+                await self.controller.store.add_event("Unschedulable", reason, name)
+            self._set_phase(name, "Unschedulable", reason)
+        for name in result.claims:
+            self.unschedulable_since.pop(name, None)
+        self._placed = result.claims
+        return result.actions
+
+    async def _load(self) -> None:
+        store = self.controller.store
+        try:
+            manifests, desired = await self.controller.load()
+        except FileNotFoundError as exc:
+            self.load_error = str(exc)  # keep what is in force; nothing stops
+            return
+        self.load_error = None
+        errors = [str(e) for e in manifests.errors]
+        await store.replace_documents(i.stored() for i in manifests.in_force())
+        self.generation, new = await self.controller.record_generation(
+            manifests, desired, "applied"
+        )
+        if new:
+            self._last_errors = errors  # the new generation's event already lists them
+        if errors and errors != self._last_errors:
+            await store.add_event(
+                "Invalid",
+                "invalid manifests; last valid versions kept:\n" + "\n".join(errors),
+            )
+        self._last_errors = errors
+        for name, model in desired.models.items():
+            phase = self.phases.get(name)
+            if phase and phase.name == "Failed" and not self.backoff.get(name, model.spec_hash):
+                self.phases.pop(name, None)  # a new spec gets a fresh start
+        for name in set(self.phases) - set(desired.models) - set(self.busy):
+            self.backoff.reset(name)
+            del self.phases[name]
+        self.manifests, self.desired = manifests, desired
+        self.unschedulable_wait = desired.node.proxy.queue_timeout
+        self.estimates = await asyncio.to_thread(self._estimate_all, desired)
+
+    def _estimate_all(self, desired: Desired) -> dict[str, Estimate | str]:
+        resolve = self.controller.executor.resolve_path
+        return {
+            name: estimate_model(model, model.spec.source.path or resolve(model))
+            for name, model in desired.models.items()
+        }
+
+    async def _sync_ready(self) -> None:
+        """Adopt healthy backends we did not start; forget ones that are gone."""
+        running = {i.model: i for i in self.actual if i.managed and i.state == "running"}
+        exited = {i.model: i for i in self.actual if i.managed and i.state == "exited"}
+        for name in list(self.ready):
+            if name in self.busy or name in running:
+                continue
+            del self.ready[name]
+            gone = exited.get(name)
+            reason = (gone.exit_reason if gone else None) or "backend is gone"
+            uptime = time.time() - gone.started_at if gone and gone.started_at else None
+            tail = await self._log_tail(gone) if gone else ""
+            self._record_failure(name, f"crashed: {reason}", tail, uptime=uptime)
+        for name, inst in running.items():
+            if name in self.ready or name in self.busy or inst.endpoint is None:
+                continue
+            if await self.controller.runtimes.get(inst.runtime).healthy(inst):
+                self.ready[name] = inst.endpoint
+                self._set_phase(name, "Ready")
+                self._resolve(name, inst.endpoint)
+            else:
+                self._set_phase(name, "Starting", "health check not answering yet")
+
+    # --- actions ----------------------------------------------------------------------------
+
+    def dispatch(
+        self, action: Action, now: float, manual: bool = False
+    ) -> asyncio.Task[None] | None:
+        """Run ``action`` in the background unless the model already has one under way.
+
+        A planned unload is dropped when a request arrived since the plan was made; a manual one
+        (``manual``) drains the requests in flight first.
+        """
+        name = action.model
+        if name in self.busy:
+            return None
+        if action.kind in ("unload", "evict") and self.activity.busy(name) and not manual:
+            return None
+        model = self.desired.models.get(name) if self.desired else None
+        if (
+            action.kind == "start"
+            and model
+            and not self.backoff.may_start(name, model.spec_hash, now)
+        ):
+            return None  # backing off after failed starts
+        cleanup = action.instance is not None and action.instance.state == "exited"
+        if action.kind in ("start", "recreate") and name in self._placed:
+            self.claims[name] = self._placed[name]
+        if action.kind in ("stop", "unload", "evict", "recreate") and not cleanup:
+            self.ready.pop(name, None)
+            self._set_phase(name, "Draining", action.cause)
+        else:
+            self._set_phase(name, "Starting", action.cause)
+        task = asyncio.create_task(self._run_action(action), name=f"action {action}")
+        self.busy[name] = task
+        return task
+
+    async def _run_action(self, action: Action) -> None:
+        name = action.model
+        assert self.desired is not None
+        desired = self.desired
+        try:
+            if action.kind in ("stop", "unload", "evict", "recreate"):
+                await self._drain(name)
+            if action.kind in ("start", "recreate"):
+                self._set_phase(name, "Starting", action.cause)
+            outcome = await self.controller.executor.execute(action, desired, self.generation)
+            if action.kind in ("start", "recreate"):
+                self.activity.wanted.discard(name)
+                if outcome.ok and outcome.instance and outcome.instance.endpoint:
+                    self.ready[name] = outcome.instance.endpoint
+                    self._set_phase(name, "Ready")
+                    self._resolve(name, outcome.instance.endpoint)
+                else:
+                    self.claims.pop(name, None)
+                    self._record_failure(name, outcome.message, permanent=outcome.permanent)
+            elif outcome.ok:
+                self.claims.pop(name, None)
+                if action.kind == "evict":
+                    self.settle_until = time.time() + SETTLE
+                crashed = action.instance is not None and action.instance.state == "exited"
+                if name not in desired.models:
+                    self.phases.pop(name, None)
+                elif not crashed:  # after a crash the phase stays Failed, with its reason
+                    self._set_phase(name, "Asleep", action.cause)
+            else:
+                self._set_phase(name, "Failed", outcome.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("action %s failed", action)
+            self._record_failure(name, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.busy.pop(name, None)
+            self.trigger()
+
+    def _record_failure(
+        self,
+        name: str,
+        message: str,
+        log_tail: str = "",
+        *,
+        uptime: float | None = None,
+        permanent: bool = False,
+    ) -> None:
+        """Count a failed start or a crash; the model waits out its backoff before the next try.
+
+        The phase is ``Failed`` at once (with the reason and the next retry time): requests get
+        a 502/503 with ``Retry-After`` instead of waiting on a model that keeps crashing.
+        """
+        model = self.desired.models.get(name) if self.desired else None
+        failure = self.backoff.record_failure(
+            name,
+            model.spec_hash if model else "",
+            time.time(),
+            message,
+            log_tail,
+            uptime=uptime,
+            permanent=permanent,
+        )
+        retry_at = failure.next_retry if failure.next_retry != float("inf") else None
+        detail = f" (failure {failure.count})" if failure.count > 1 else ""
+        self._set_phase(name, "Failed", message + detail, retry_at)
+        self._fail_waiters(name, WakeFailed(message))
+
+    async def _log_tail(self, instance: Instance, lines: int = 20) -> str:
+        try:
+            return await self.controller.runtimes.get(instance.runtime).logs(instance.model, lines)
+        except Exception:
+            return ""
+
+    async def _drain(self, name: str) -> None:
+        """Let requests in flight finish (bounded) before the backend stops."""
+        deadline = time.monotonic() + self.drain_timeout
+        while self.activity.busy(name) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # --- waking -----------------------------------------------------------------------------
+
+    async def wake(self, name: str, timeout: float) -> str:
+        """The endpoint of ``name`` once ready; one start however many callers wait."""
+        endpoint = self.ready.get(name)
+        if endpoint is not None:
+            return endpoint
+        waiter = self._waiters.get(name)
+        if waiter is None or waiter.done():
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters[name] = waiter
+        self.activity.wanted.add(name)
+        self.trigger()
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(waiter), min(remaining, 0.5))
+            since = self.unschedulable_since.get(name)
+            if since is not None and time.time() - since >= self.unschedulable_wait:
+                phase = self.phases.get(name)
+                raise WakeUnschedulable(phase.reason if phase else "cannot be placed")
+
+    def _resolve(self, name: str, endpoint: str) -> None:
+        waiter = self._waiters.pop(name, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(endpoint)
+
+    def _fail_waiters(self, name: str, exc: Exception) -> None:
+        waiter = self._waiters.pop(name, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+            waiter.exception()  # mark retrieved: a waiter may have timed out already
+
+    def _set_phase(
+        self, name: str, phase: str, reason: str = "", retry_at: float | None = None
+    ) -> None:
+        current = self.phases.get(name)
+        if current and current.name == phase and current.reason == reason:
+            current.retry_at = retry_at
+            return
+        self.phases[name] = Phase(phase, reason, retry_at, time.time())
+        self._changed()
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
+
+    @property
+    def waiting_for_room(self) -> bool:
+        """Some start waits for GPU memory: the end of a request may free an eviction victim."""
+        return bool(self.waiting_gpu or self.unschedulable_since)
+
+    def backend_failed(self, name: str, reason: str) -> None:
+        """The proxy saw the backend break: stop routing to it and look at it now."""
+        if self.ready.pop(name, None) is not None:
+            self._set_phase(name, "Failed", reason)
+        self.trigger()

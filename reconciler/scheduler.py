@@ -1,0 +1,146 @@
+"""GPU scheduling of a plan: place each start, evict to make room, or say why it cannot run. Pure.
+
+The planner decides *what* must run; this step decides *where*, using the pure policies in
+:mod:`reconciler.placement` and :mod:`reconciler.eviction`:
+
+- a start that fits gets its GPUs and the engine's split arguments;
+- a start that does not fit makes room by evicting idle, unpinned, lower-or-equal-priority
+  models; the start itself waits for a later pass, once the victims have stopped (and NVML
+  shows their memory free);
+- a start for which nothing can be evicted is ``Unschedulable`` with the numbers.
+
+Only one round of evictions is planned per pass, so two starts never evict for each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from proxy.gateway import PRIORITIES
+
+from .desired import Desired, DesiredModel
+from .eviction import Eviction, RunningModel, choose_victims
+from .gputypes import Claim, GpuInfo
+from .placement import ModelDemand, Placement, place
+from .planner import Action
+from .runtimes.base import Instance
+from .vram import Estimate
+
+
+@dataclass
+class Schedule:
+    actions: list[Action] = field(default_factory=list)
+    waiting: dict[str, str] = field(default_factory=dict)  # start deferred: evictions under way
+    unschedulable: dict[str, str] = field(default_factory=dict)
+    claims: dict[str, tuple[Claim, ...]] = field(default_factory=dict)  # of the starts placed
+
+
+def instance_claims(
+    name: str, gpus: Sequence[int], estimate: Estimate | str | None
+) -> tuple[Claim, ...]:
+    """What a running backend holds, when only its GPUs and its model's estimate are known
+    (after a restart of modelplane): the estimate, with the per-GPU overhead on each GPU and
+    the rest split evenly."""
+    if not gpus or not isinstance(estimate, Estimate) or estimate.fraction is not None:
+        return tuple(Claim(name, g, 0) for g in gpus)
+    shared = max(0, estimate.bytes - estimate.per_gpu)
+    each = estimate.per_gpu + shared // len(gpus)
+    return tuple(Claim(name, g, each) for g in gpus)
+
+
+def demand_of(model: DesiredModel, estimate: Estimate) -> ModelDemand:
+    gpus = model.spec.gpus
+    return ModelDemand.from_estimate(
+        model.name,
+        estimate,
+        gpus=tuple(gpus) if isinstance(gpus, list) else gpus,
+        engine=model.spec.engine,
+        priority=PRIORITIES[model.spec.priority],
+        args=model.spec.args,
+    )
+
+
+def schedule(
+    actions: Sequence[Action],
+    desired: Desired,
+    actual: Sequence[Instance],
+    gpus: Sequence[GpuInfo],
+    reserve: int,
+    claims: Mapping[str, tuple[Claim, ...]],
+    estimates: Mapping[str, Estimate | str],
+    running: Sequence[RunningModel],
+    settling: frozenset[str] = frozenset(),
+) -> Schedule:
+    """``claims``: held by backends that run or start now; ``running``: eviction candidates
+    (with ``running=False`` for those busy starting or stopping); ``settling``: models whose
+    victims were just stopped (their start waits for NVML rather than evicting more)."""
+    result = Schedule()
+    starts = [a for a in actions if a.kind in ("start", "recreate")]
+    starts.sort(key=lambda a: -PRIORITIES[desired.models[a.model].spec.priority])
+    result.actions = [a for a in actions if a.kind not in ("start", "recreate")]
+    instances = {i.model: i for i in actual if i.managed and i.state == "running"}
+    taken: dict[str, tuple[Claim, ...]] = dict(claims)
+    evicted = False
+    for action in starts:
+        model = desired.models[action.model]
+        outcome = _place_one(model, gpus, reserve, taken, estimates.get(model.name))
+        if isinstance(outcome, tuple):
+            placement, new_claims = outcome
+            result.actions.append(replace(action, placement=placement))
+            result.claims[model.name] = new_claims
+            taken[model.name] = new_claims
+            continue
+        demand, reason = outcome
+        if demand is None:
+            result.unschedulable[model.name] = reason
+        elif model.name in settling or evicted:
+            result.waiting[model.name] = "waiting for evicted models to free their memory"
+        else:
+            others = [c for n, cs in taken.items() if n != model.name for c in cs]
+            holders = {m.name for m in running}
+            stray = [c for c in others if c.model not in holders]
+            choice = choose_victims(demand, gpus, running, reserve, stray)
+            if isinstance(choice, Eviction) and choice.victims:
+                evicted = True
+                for victim in choice.victims:
+                    inst = instances.get(victim)
+                    if inst is not None:
+                        cause = choice.causes[victim]
+                        result.actions.append(Action("evict", victim, cause, inst))
+                result.waiting[model.name] = choice.reason
+            elif isinstance(choice, Eviction):  # fits after all (claims moved meanwhile)
+                result.waiting[model.name] = "placing on the next pass"
+            else:
+                result.unschedulable[model.name] = choice.reason
+    return result
+
+
+PlaceResult = tuple[tuple[tuple[int, ...] | None, tuple[str, ...]], tuple[Claim, ...]]
+
+
+def _place_one(
+    model: DesiredModel,
+    gpus: Sequence[GpuInfo],
+    reserve: int,
+    taken: Mapping[str, tuple[Claim, ...]],
+    estimate: Estimate | str | None,
+) -> PlaceResult | tuple[ModelDemand | None, str]:
+    """A placement and its claims, or (the demand to evict for, or None, and the reason)."""
+    wanted = model.spec.gpus
+    if wanted == "none":
+        return (None, ()), ()
+    if not gpus:
+        if isinstance(wanted, list):  # no inventory to check against: honour what was asked
+            return (tuple(wanted), ()), ()
+        return (None, ()), ()  # auto on a box without GPUs: the CPU
+    if not isinstance(estimate, Estimate):
+        if isinstance(wanted, list):
+            return (tuple(wanted), ()), tuple(Claim(model.name, g, 0) for g in wanted)
+        return None, f"cannot estimate its VRAM ({estimate or 'no estimate'}): set spec.vram"
+    demand = demand_of(model, estimate)
+    others = [c for name, cs in taken.items() if name != model.name for c in cs]
+    placed = place(demand, gpus, others, reserve)
+    if isinstance(placed, Placement):
+        return (placed.gpus or None, placed.args), placed.claims(model.name)
+    return demand, placed.reason

@@ -1,0 +1,130 @@
+"""``modelplane run``: uvicorn serving the proxy, with the reconcile loop in its lifespan.
+
+One process, one event loop: the loop's passes and the proxy's requests share it, which is why
+every pass hands slow work (starting a model) to background tasks. SIGTERM makes uvicorn stop
+accepting, lets requests in flight finish (up to ``grace``), then the lifespan stops the loop;
+backends keep running for the next ``modelplane run`` to adopt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import AsyncIterator, Coroutine
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from litestar import Litestar
+
+from proxy.app import create_app
+from proxy.logsetup import setup_logging
+from proxy.settings import ProxySettings
+
+from .controller import Controller
+from .service import Service
+
+log = logging.getLogger("modelplane")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``127.0.0.1:8400`` / ``[::1]:8400`` / ``:8400`` → (host, port)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def serve(
+    directory: Path,
+    listen: str | None = None,
+    log_format: str = "text",
+    allow_empty: bool = False,
+    grace: float = 30.0,
+    settings: ProxySettings | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT. Returns the exit code."""
+    setup_logging(log_format)  # type: ignore[arg-type]
+    controller = await Controller.open(directory)
+    try:
+        manifests, _ = await controller.load()
+    except FileNotFoundError as exc:
+        log.error("%s", exc)
+        await controller.close()
+        return 1
+    node = manifests.node
+    host, port = split_listen(listen or node.listen)
+    if not node.api_keys and not is_loopback(host):
+        log.warning(
+            "no apiKeys in the Node manifest: listening on 127.0.0.1 instead of %s "
+            "(add apiKeys to serve other hosts)",
+            host,
+        )
+        host = "127.0.0.1"
+    elif not node.api_keys:
+        log.info("no apiKeys: open access, on loopback only (%s)", host)
+
+    service = Service(controller, allow_empty=allow_empty)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        await service.start()
+        log.info("modelplane serving on http://%s:%d (manifests: %s)", host, port, directory)
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = create_app(service, settings, lifespan=[lifespan])
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(grace),
+        http="httptools" if _has("httptools") else "h11",
+    )
+    server = uvicorn.Server(config)
+    sock = _bind(host, port)
+    await server.serve(sockets=[sock])
+    return 0 if server.started else 1
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop when it is installed (faster sockets for the proxy), else asyncio's loop."""
+    factory = None
+    if _has("uvloop"):
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True

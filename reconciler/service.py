@@ -1,0 +1,274 @@
+"""``modelplane run``: the reconcile loop and the proxy in one asyncio process.
+
+:class:`Service` is the :class:`proxy.gateway.Gateway` the proxy talks to: it answers which
+models exist and where they listen, wakes asleep ones through the loop, and keeps the idle
+clocks and the request log (written to SQLite in batches, off the request path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+from typing import Any
+
+from proxy.gateway import PRIORITIES, ApiKey, ModelRoute, Refused, RequestRecord, Unavailable
+
+from .activity import ActivityTracker
+from .controller import Controller
+from .loop import ReconcileLoop, WakeFailed, WakeUnschedulable
+from .planner import Action
+from .status import model_statuses
+from .store import Event, ModelState
+
+log = logging.getLogger("modelplane.service")
+
+FLUSH_INTERVAL = 1.0  # seconds between batched writes of the request log and idle clocks
+
+
+class Service:
+    """Implements :class:`proxy.gateway.Gateway` on top of the reconcile loop."""
+
+    def __init__(self, controller: Controller, allow_empty: bool = False) -> None:
+        self.controller = controller
+        self.activity = ActivityTracker()
+        self.loop = ReconcileLoop(controller, self.activity, allow_empty=allow_empty)
+        self.loop.on_change.append(self._rebuild_routes)
+        self._routes: dict[str, ModelRoute] = {}  # by name and by alias
+        self._route_list: list[ModelRoute] = []
+        self._records: list[RequestRecord] = []
+        self._followers: set[asyncio.Queue[Event]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        controller.store.listeners.append(self._on_event)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Continue idle clocks from the database, run the first pass, start the loop."""
+        self.activity.last_used.update(await self.controller.store.last_used())
+        self._tasks = [
+            asyncio.create_task(self.loop.run(), name="reconcile loop"),
+            asyncio.create_task(self.loop.watch(), name="manifest watcher"),
+            asyncio.create_task(self.loop.watch_docker(), name="docker events"),
+            asyncio.create_task(self._flush_forever(), name="request log"),
+        ]
+        await self.loop.wait_first_pass()
+
+    async def stop(self) -> None:
+        """Stop the loop; backends keep running for the next start to adopt."""
+        await self.loop.stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self.loop.busy.values(), return_exceptions=True)
+        await self._flush()
+        await self.controller.close()
+
+    # --- routes -----------------------------------------------------------------------------
+
+    def _rebuild_routes(self) -> None:
+        desired = self.loop.desired
+        if desired is None:
+            return
+        routes: dict[str, ModelRoute] = {}
+        listing = []
+        for name, model in desired.models.items():
+            phase = self.loop.phases.get(name)
+            route = ModelRoute(
+                name=name,
+                aliases=tuple(model.spec.aliases),
+                phase="Ready" if name in self.loop.ready else (phase.name if phase else "Asleep"),
+                priority=PRIORITIES[model.spec.priority],
+                max_concurrency=model.spec.max_concurrency,
+                startup_timeout=model.spec.startup_timeout,
+                endpoint=self.loop.ready.get(name),
+                created=int(self.loop.phases[name].since) if name in self.loop.phases else 0,
+                labels=dict(model.labels),
+            )
+            listing.append(route)
+            routes[name] = route
+            for alias in model.spec.aliases:
+                routes.setdefault(alias, route)
+        self._routes, self._route_list = routes, listing
+
+    def routes(self) -> list[ModelRoute]:
+        return list(self._route_list)
+
+    def route(self, name: str) -> ModelRoute | None:
+        return self._routes.get(name)
+
+    async def wake(self, model: str) -> str:
+        endpoint = self.loop.ready.get(model)
+        if endpoint is not None:
+            return endpoint
+        desired = self.loop.desired
+        if desired is None or model not in desired.models:
+            raise Unavailable(f"model {model!r} is not served here", status=404)
+        spec = desired.models[model].spec
+        if spec.suspend:
+            raise Unavailable(f"{model} is suspended and not running", retry_after=60)
+        phase = self.loop.phases.get(model)
+        now = time.time()
+        if phase and phase.name == "Failed" and phase.retry_at and phase.retry_at > now:
+            raise Unavailable(
+                f"{model} failed: {phase.reason}; next start in {phase.retry_at - now:.0f}s",
+                503,
+                phase.retry_at - now,
+            )
+        try:
+            return await self.loop.wake(model, spec.startup_timeout)
+        except WakeFailed as exc:
+            phase = self.loop.phases.get(model)
+            retry = max(1.0, (phase.retry_at or time.time()) - time.time()) if phase else 5.0
+            raise Unavailable(f"{model} failed to start: {exc}", 502, retry) from None
+        except WakeUnschedulable as exc:
+            raise Unavailable(f"{model} cannot be placed: {exc}", 503, 30.0) from None
+        except TimeoutError:
+            raise Unavailable(
+                f"{model} did not become ready within {spec.startup_timeout:.0f}s (startupTimeout)",
+                503,
+                10.0,
+            ) from None
+
+    def begin_request(self, model: str) -> None:
+        self.activity.begin(model)
+
+    def end_request(self, model: str) -> None:
+        if self.activity.end(model) == 0:
+            if self.loop.waiting_for_room:
+                self.loop.trigger()  # this model may now be evicted for one that waits
+            desired = self.loop.desired
+            model_spec = desired.models.get(model) if desired else None
+            if model_spec is not None and model_spec.spec.stay_warm == 0:
+                self.loop.trigger()  # stayWarm 0: unload right after use
+
+    def backend_failed(self, model: str, reason: str) -> None:
+        log.warning("backend failed: %s: %s", model, reason)
+        self.loop.backend_failed(model, reason)
+        asyncio.get_running_loop().create_task(
+            self.controller.store.add_event("BackendFailed", reason, model)
+        )
+
+    def record_request(self, record: RequestRecord) -> None:
+        self._records.append(record)
+
+    def api_keys(self) -> list[ApiKey]:
+        desired = self.loop.desired
+        if desired is None:
+            return []
+        return [ApiKey(k.name, k.sha256, tuple(k.models)) for k in desired.node.api_keys]
+
+    # --- admin ------------------------------------------------------------------------------
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.loop.passes == 0:
+            return False, "first reconcile pass not done yet"
+        if self.loop.unavailable:
+            why = "; ".join(f"{r}: {m}" for r, m in self.loop.unavailable.items())
+            return False, f"runtime unavailable: {why}"
+        if self.loop.load_error:
+            return False, self.loop.load_error
+        return True, "ok"
+
+    async def status(self) -> dict[str, Any]:
+        desired = self.loop.desired
+        if desired is None:
+            return {"models": [], "gpus": [], "error": self.loop.load_error}
+        states = {
+            name: ModelState(name, p.name, p.reason, p.since, p.retry_at)
+            for name, p in self.loop.phases.items()
+            if p.name in ("Failed", "Unschedulable", "Starting", "Draining", "Downloading")
+        }
+        health = {name: True for name in self.loop.ready}
+        rows = model_statuses(
+            desired, self.loop.actual, states, self.activity.snapshot(), health, time.time()
+        )
+        models = []
+        for row in rows:
+            entry = row.as_dict()
+            phase = self.loop.phases.get(row.name)
+            if row.name in self.loop.busy and phase:
+                entry["phase"], entry["reason"] = phase.name, phase.reason
+            elif row.name in self.loop.ready:
+                entry["phase"], entry["endpoint"] = "Ready", self.loop.ready[row.name]
+            entry["retryAt"] = phase.retry_at if phase else None
+            models.append(entry)
+        return {
+            "generation": self.loop.generation,
+            "models": models,
+            "gpus": [],
+            "errors": [str(e) for e in self.loop.manifests.errors] if self.loop.manifests else [],
+            "runtimesUnavailable": self.loop.unavailable,
+        }
+
+    async def events(self, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        found = await self.controller.store.events(model=model, limit=limit)
+        return [e.as_dict() for e in found]
+
+    async def follow_events(self) -> AsyncIterator[dict[str, Any]]:
+        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
+        self._followers.add(queue)
+        try:
+            while True:
+                yield (await queue.get()).as_dict()
+        finally:
+            self._followers.discard(queue)
+
+    def _on_event(self, event: Event) -> None:
+        for queue in self._followers:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(event)
+
+    async def reconcile(self) -> dict[str, Any]:
+        self.loop.trigger(reload=True)
+        await self.loop.pass_once()
+        return {
+            "generation": self.loop.generation,
+            "errors": [str(e) for e in self.loop.manifests.errors] if self.loop.manifests else [],
+            "busy": sorted(self.loop.busy),
+        }
+
+    async def load(self, model: str) -> None:
+        desired = self.loop.desired
+        if desired is None or model not in desired.models:
+            raise Unavailable(f"model {model!r} is not served here", status=404)
+        self.activity.touch(model)
+        await self.wake(model)
+
+    async def unload(self, model: str) -> None:
+        desired = self.loop.desired
+        if desired is None or model not in desired.models:
+            raise Unavailable(f"model {model!r} is not served here", status=404)
+        if desired.models[model].pinned:
+            raise Refused(f"{model} is pinned: it is never unloaded (set pin: false to allow)")
+        self.activity.wanted.discard(model)
+        instance = next(
+            (i for i in self.loop.actual if i.model == model and i.state == "running"), None
+        )
+        if instance is None:
+            return
+        action = Action("unload", model, "unloaded by hand", instance)
+        task = self.loop.dispatch(action, time.time(), manual=True) or self.loop.busy.get(model)
+        if task is not None:
+            await asyncio.shield(task)
+
+    # --- the request log and idle clocks -------------------------------------------------------
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("writing the request log failed")
+
+    async def _flush(self) -> None:
+        records, self._records = self._records, []
+        store = self.controller.store
+        if records:
+            await store.add_requests(asdict(r) for r in records)
+        used = self.activity.take_dirty()
+        if used:
+            await store.set_last_used(used)
