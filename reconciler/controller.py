@@ -52,7 +52,9 @@ class PassResult(PlanResult):
 
 class Controller:
     def __init__(self, manifest_dir: Path, store: Store, runtimes: RuntimeSet) -> None:
-        self.manifest_dir = manifest_dir
+        # Absolute, so the paths remembered with the last valid documents name the same files
+        # whichever folder the next modelplane runs from (a broken file's fallbacks match by path).
+        self.manifest_dir = manifest_dir.absolute()
         self.store = store
         self.runtimes = runtimes
         self.executor = Executor(runtimes, store)
@@ -106,7 +108,8 @@ class Controller:
     ) -> PassResult:
         planned = await self.plan(activity, allow_empty)
         result = PassResult(**vars(planned))
-        await self.store.replace_documents(i.stored() for i in planned.manifests.in_force())
+        if not planned.refused:  # a refused (emptied) set must not wipe the last valid versions
+            await self.store.replace_documents(i.stored() for i in planned.manifests.in_force())
         result.generation = await self._generation(planned)
         if result.refused:
             await self.store.add_event("PruneRefused", result.refused)
@@ -151,14 +154,21 @@ class Controller:
 
         A new generation starts when the documents in force change, or when the git commit
         they come from does (committing an edit that was applied dirty is a new generation).
+        A document turning invalid changes no document in force (its last valid version stays),
+        so a change in the errors counts too: that is what records the ``Invalid`` event.
         """
         last = await self.store.last_generation()
         git = await git_info_async(self.manifest_dir)
         sha = git.sha if git else None
-        if last is not None and last.digest == manifests.digest and last.git_commit == sha:
+        errors = [str(e) for e in manifests.errors]
+        if (
+            last is not None
+            and last.digest == manifests.digest
+            and last.git_commit == sha
+            and last.summary.get("errors", []) == errors
+        ):
             return last.id, False
         models = {name: m.spec_hash for name, m in desired.models.items()}
-        errors = [str(e) for e in manifests.errors]
         summary: dict[str, Any] = {"models": models, "errors": errors}
         if git is not None:
             summary["git"] = {"subject": git.subject, "dirtyFiles": list(git.dirty_files)}

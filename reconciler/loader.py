@@ -85,7 +85,10 @@ class ManifestFile:
 def manifest_paths(root: Path) -> list[Path]:
     """Every ``*.yaml``/``*.yml`` under ``root``, recursively, in a stable order."""
     paths = [p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]
-    return sorted(p for p in paths if not any(part.startswith(".") for part in p.parts[-1:]))
+    # Hidden files and folders under root (.git, .github/workflows/*.yml) are not manifests.
+    return sorted(
+        p for p in paths if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    )
 
 
 def read_directory(root: Path) -> list[ManifestFile]:
@@ -134,7 +137,8 @@ def validate_document(raw: RawDocument) -> None:
     """Fill ``raw.doc`` or ``raw.errors`` (every error of the document, with positions)."""
     data = raw.data
     if not isinstance(data, CommentedMap):
-        raw.error(f"a manifest document must be a mapping, not {type(data).__name__}")
+        what = "a list" if isinstance(data, list) else type(data).__name__
+        raw.error(f"a manifest document must be a mapping, not {what}")
         return
     kind = data.get("kind")
     metadata = data.get("metadata")
@@ -164,7 +168,7 @@ def validate_document(raw: RawDocument) -> None:
         doc = model_cls.model_validate(_plain(data))
     except ValidationError as exc:
         for line, col, message in _explain(exc, data, model_cls):
-            if message.startswith("apiVersion:"):
+            if message.startswith("apiVersion:") or message == "missing field apiVersion":
                 continue  # reported above, once, with a better message
             raw.error(message, line, col)
         return

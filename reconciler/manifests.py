@@ -243,7 +243,7 @@ def _model_problems(
     problems = []
     if spec.engine not in engines:
         problems.append(
-            f"engine {spec.engine!r} does not exist (built-in: {', '.join(sorted(engines))})"
+            f"engine {spec.engine!r} does not exist (known: {', '.join(sorted(engines))})"
         )
     if isinstance(spec.gpus, list) and known_gpus is not None:
         missing = sorted(set(spec.gpus) - known_gpus)
@@ -253,8 +253,8 @@ def _model_problems(
     for alias in spec.aliases:
         owner = taken.get(alias)
         if owner is not None and owner.name != item.name:
-            what = "model name" if owner.name == alias else f"alias of Model/{owner.name}"
-            problems.append(f"alias {alias!r} is already a {what} ({owner.where})")
+            what = "a model name" if owner.name == alias else f"an alias of Model/{owner.name}"
+            problems.append(f"alias {alias!r} is already {what} ({owner.where})")
     if len(set(spec.aliases)) != len(spec.aliases):
         problems.append("aliases repeat a name")
     return problems

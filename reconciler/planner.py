@@ -98,11 +98,8 @@ def _plan_model(
         if must_run:
             return Action("start", model.name, f"{why}, {reason}", current)
         return Action("stop", model.name, f"clean up: {reason}", current)
-    if current.spec_hash != model.spec_hash:
-        fields = changed_fields(current.spec, model.effective)
-        detail = f": {', '.join(fields)}" if fields else ""
-        return Action("recreate", model.name, f"spec changed{detail}", current)
-    if current.state == "running" and not must_run:
+    # Unload before recreate: recreating a backend that the next pass unloads wastes a load.
+    if not must_run:
         idle_since = use.last_used if use.last_used is not None else current.started_at
         idle = now - idle_since
         if idle >= model.spec.stay_warm:
@@ -112,6 +109,10 @@ def _plan_model(
                 f"idle {format_duration(idle)} > stayWarm {format_duration(model.spec.stay_warm)}",
                 current,
             )
+    if current.spec_hash != model.spec_hash:
+        fields = changed_fields(current.spec, model.effective)
+        detail = f": {', '.join(fields)}" if fields else ""
+        return Action("recreate", model.name, f"spec changed{detail}", current)
     return None
 
 
