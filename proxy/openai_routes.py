@@ -1,0 +1,546 @@
+"""The OpenAI surface (``/v1/...``) and the ``/upstream/{model}/...`` passthrough.
+
+Both are raw ASGI handlers mounted in the Litestar app: the hot path reads the body once, looks
+the model up, takes a queue slot and streams the backend's reply back, without Litestar's
+per-request Request/Response machinery. A request goes through:
+
+1. authentication (``Authorization: Bearer``, when keys are configured);
+2. the body: JSON decoded once, or multipart scanned up to its ``model`` field;
+3. the route (404 for unknown models and for models the key may not reach);
+4. wake, when the model is not Ready (streams get ``: loading`` comments meanwhile);
+5. a slot in the model's priority queue (429 when full, 503 after the wait bound);
+6. ``gateway.begin_request`` → forward → relay the reply → ``gateway.end_request``;
+7. metrics, the request log record and one access-log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import unquote
+
+import httpx
+import msgspec
+from litestar.types import Receive, Scope, Send
+
+from proxy import errors
+from proxy.auth import Access, authenticate
+from proxy.body import MultipartModelFinder, multipart_boundary, no_model_field, parse_json_request
+from proxy.channel import ClientGone, Downstream
+from proxy.core import ProxyCore
+from proxy.errors import ProxyError
+from proxy.forward import (
+    BrokenReply,
+    Relayed,
+    classify,
+    pump,
+    relay,
+    request_headers,
+    send,
+)
+from proxy.gateway import ModelRoute, RequestRecord, Unavailable
+from proxy.logsetup import access_log
+from proxy.queueing import QueueFull, QueueTimeout, resolve_priority
+from proxy.usage import Usage
+from proxy.wake import READY
+
+log = logging.getLogger("modelplane.proxy")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx in front: do not buffer the stream
+]
+T = TypeVar("T")
+DISCONNECTED = 499  # nginx's status for "client closed request", in logs and metrics
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request's bookkeeping, from arrival to the access-log line."""
+
+    start: float
+    wall: float
+    client: str
+    method: str
+    path: str
+    requested: str = ""  # the model name the client sent
+    model: str = ""  # the route it resolved to
+    status: int = 0  # the outcome when it differs from the status sent (499, 502 mid-stream)
+    usage: Usage | None = None
+    streamed: bool = False
+    body_stream: AsyncIterator[bytes] | None = None  # closed at the end if not consumed
+
+
+@dataclass(slots=True)
+class RequestHeaders:
+    authorization: str | None = None
+    content_type: str = ""
+    content_length: int | None = None
+    chunked: bool = False
+    x_priority: str | None = None
+
+
+def pick_headers(headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
+    """The few request headers the proxy itself reads, in one pass."""
+    picked = RequestHeaders()
+    for name, value in headers:
+        if name == b"authorization":
+            picked.authorization = value.decode("latin-1")
+        elif name == b"content-type":
+            picked.content_type = value.decode("latin-1")
+        elif name == b"content-length":
+            if not value.strip().isdigit():
+                raise errors.bad_request(f"invalid Content-Length {value!r}", "invalid_header")
+            picked.content_length = int(value)
+        elif name == b"transfer-encoding":
+            picked.chunked = b"chunked" in value.lower()
+        elif name == b"x-priority":
+            picked.x_priority = value.decode("latin-1")
+    return picked
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else ""
+
+
+def _raw_path(scope: Scope) -> bytes:
+    return scope.get("raw_path") or (scope.get("root_path", "") + scope["path"]).encode()
+
+
+def _target(path: bytes, scope: Scope) -> str:
+    query = scope.get("query_string")
+    return (path + b"?" + query if query else path).decode("latin-1")
+
+
+def model_entry(name: str, route: ModelRoute, alias_of: str | None = None) -> dict[str, object]:
+    """One ``/v1/models`` entry: OpenAI's fields plus modelplane's ``phase``."""
+    entry: dict[str, object] = {
+        "id": name,
+        "object": "model",
+        "created": route.created,
+        "owned_by": "modelplane",
+        "phase": route.phase,
+    }
+    if alias_of is not None:
+        entry["alias_of"] = alias_of
+    return entry
+
+
+class OpenAIRoutes:
+    """The ASGI handlers; one instance per app."""
+
+    def __init__(self, core: ProxyCore) -> None:
+        self.core = core
+        self.gateway = core.gateway
+        self.settings = core.settings
+
+    # --- entry points -------------------------------------------------------------------------
+
+    async def v1(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Everything under ``/v1``."""
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1003})
+            return
+        path = _raw_path(scope)
+        method = scope["method"]
+        if method == "POST":
+            await self._handle(scope, receive, send, path, upstream=False)
+        elif method in ("GET", "HEAD") and (path in (b"/v1/models", b"/v1/models/")):
+            await self._models(scope, send, None)
+        elif method in ("GET", "HEAD") and path.startswith(b"/v1/models/"):
+            await self._models(scope, send, unquote(path[len(b"/v1/models/") :].decode()))
+        else:
+            error = errors.method_not_allowed(
+                method, path.decode("latin-1"), "POST (or GET /v1/models)"
+            )
+            await Downstream(receive, send).fail(error)
+
+    async def upstream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/upstream/{model}/{path}``: any method, passed through to the model's backend."""
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1003})
+            return
+        await self._handle(scope, receive, send, _raw_path(scope), upstream=True)
+
+    # --- /v1/models ---------------------------------------------------------------------------
+
+    async def _models(self, scope: Scope, send: Send, model: str | None) -> None:
+        down = Downstream(_no_receive, send)
+        try:
+            access = self._authenticate(scope)
+            if model is None:
+                data = []
+                for route in self.gateway.routes():
+                    if access.may_reach(route):
+                        data.append(model_entry(route.name, route))
+                        data.extend(model_entry(a, route, route.name) for a in route.aliases)
+                body: object = {"object": "list", "data": data}
+            else:
+                route = self._route(model, access)
+                alias_of = route.name if model != route.name else None
+                body = model_entry(model, route, alias_of)
+        except ProxyError as error:
+            await down.fail(error)
+            return
+        await down.respond_json(200, msgspec.json.encode(body))
+
+    # --- proxied requests ---------------------------------------------------------------------
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, path: bytes, upstream: bool
+    ) -> None:
+        down = Downstream(receive, send)
+        ex = Exchange(
+            time.perf_counter(),
+            time.time(),
+            _client(scope),
+            scope["method"],
+            path.decode("latin-1"),
+        )
+        try:
+            try:
+                if upstream:
+                    await self._upstream(scope, down, ex, path)
+                else:
+                    await self._api(scope, down, ex, path)
+            except ProxyError as error:
+                ex.status = error.status
+                await down.fail(error)
+            except ClientGone:
+                ex.status = DISCONNECTED
+            except BrokenReply as broken:
+                ex.status = broken.error.status
+                raise  # the reply is cut off: let the server drop the connection
+            except Exception:
+                log.exception("internal error in %s %s", ex.method, ex.path)
+                ex.status = 500
+                await down.fail(errors.internal_error("internal error in the proxy (logged)"))
+        except asyncio.CancelledError:
+            if not down.disconnected:
+                raise
+            # The client went away: the watcher cancelled us; the upstream call is closed.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            ex.status = DISCONNECTED
+        finally:
+            down.close()
+            if ex.body_stream is not None:
+                await _aclose(ex.body_stream)
+            self._finish(ex, down, upstream)
+
+    async def _api(self, scope: Scope, down: Downstream, ex: Exchange, path: bytes) -> None:
+        headers = scope["headers"]
+        picked = pick_headers(headers)
+        access = self._authenticate_with(picked.authorization)
+        limit = self.settings.max_body_bytes
+        if picked.content_length is not None and picked.content_length > limit:
+            raise errors.too_large(limit)
+        boundary = (
+            multipart_boundary(picked.content_type)
+            if picked.content_type[:10].lower() == "multipart/"
+            else None
+        )
+        if boundary is not None:
+            ex.requested, ex.body_stream = await self._read_multipart(down, boundary)
+            content: AsyncIterable[bytes] | bytes = ex.body_stream
+            stream, x_priority = False, None
+        else:
+            request = parse_json_request(await down.read_body(limit))
+            ex.requested, content = request.model, request.content
+            stream, x_priority = request.stream, request.x_priority
+        route = self._route(ex.requested, access)
+        ex.model = route.name
+        try:
+            priority = resolve_priority(picked.x_priority, x_priority, route.priority)
+        except ValueError as exc:
+            raise errors.bad_request(str(exc), "invalid_priority", param="x_priority") from None
+        fwd_headers = request_headers(headers, drop_authorization=not access.open)
+        if not isinstance(content, bytes) and picked.content_length is not None:
+            fwd_headers.append((b"content-length", str(picked.content_length).encode()))
+        target = _target(path, scope)
+        await self._serve(down, ex, route, priority, stream, target, fwd_headers, content)
+
+    async def _upstream(self, scope: Scope, down: Downstream, ex: Exchange, path: bytes) -> None:
+        rest = path[len(b"/upstream/") :]
+        name, _, tail = rest.partition(b"/")
+        ex.requested = unquote(name.decode("latin-1"))
+        headers = scope["headers"]
+        picked = pick_headers(headers)
+        access = self._authenticate_with(picked.authorization)
+        if not ex.requested:
+            raise errors.not_found("use /upstream/{model}/{path}")
+        route = self._route(ex.requested, access)
+        ex.model = route.name
+        limit = self.settings.max_body_bytes
+        if picked.content_length is not None and picked.content_length > limit:
+            raise errors.too_large(limit)
+        fwd_headers = request_headers(headers, drop_authorization=not access.open)
+        content: AsyncIterable[bytes] | bytes
+        if picked.chunked or picked.content_length:
+            content = ex.body_stream = down.body_chunks(limit)  # streamed: UIs may upload files
+            if picked.content_length is not None:
+                fwd_headers.append((b"content-length", str(picked.content_length).encode()))
+        else:
+            content = await down.read_body(limit)  # empty; also starts the disconnect watch
+        endpoint = await self._ready_endpoint(down, route, stream=False)
+        target = _target(b"/" + tail, scope)
+        self.gateway.begin_request(route.name)  # no slot: UIs load many small files at once
+        try:
+            endpoint = await self._recheck(down, route.name, endpoint)
+            await self._forward(down, ex, route.name, endpoint, target, fwd_headers, content)
+        finally:
+            self.gateway.end_request(route.name)
+
+    async def _read_multipart(
+        self, down: Downstream, boundary: str
+    ) -> tuple[str, AsyncIterator[bytes]]:
+        """Read up to the ``model`` field; the content to forward is those bytes, then the rest
+        of the body as it arrives (the body limit still applies)."""
+        finder = MultipartModelFinder(boundary)
+        limit = self.settings.max_body_bytes
+        chunks = down.body_chunks(limit)
+        held: list[bytes] = []
+        model = None
+        try:
+            async for chunk in chunks:
+                held.append(chunk)
+                if (model := finder.feed(chunk)) is not None:
+                    break
+        finally:
+            await chunks.aclose()
+        if model is None:
+            raise no_model_field()
+        return model, _prefixed(held, down.body_chunks(limit))
+
+    async def _serve(
+        self,
+        down: Downstream,
+        ex: Exchange,
+        route: ModelRoute,
+        priority: int,
+        stream: bool,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        content: AsyncIterable[bytes] | bytes,
+    ) -> None:
+        """Wake, queue, forward; ``begin_request``/``end_request`` bracket the forwarding."""
+        name = route.name
+        endpoint = await self._ready_endpoint(down, route, stream)
+        queue = self.core.queues.get(name)
+        limit = route.max_concurrency
+        waiting = queue.acquire(
+            priority, limit, self.settings.max_queue, self.settings.queue_timeout
+        )
+        try:
+            if down.started:
+                await self._with_comments(down, f"queued for {name}", waiting)
+            else:
+                await waiting
+        except QueueFull as full:
+            raise errors.queue_full(name, full.queued, full.retry_after) from None
+        except QueueTimeout as timeout:
+            raise errors.queue_timeout(name, timeout.waited, timeout.retry_after) from None
+        slot_start = time.perf_counter()
+        self.gateway.begin_request(name)
+        try:
+            endpoint = await self._recheck(down, name, endpoint)
+            await self._forward(down, ex, name, endpoint, target, headers, content)
+        finally:
+            self.gateway.end_request(name)
+            queue.release(limit, time.perf_counter() - slot_start)
+
+    # --- wake ---------------------------------------------------------------------------------
+
+    async def _ready_endpoint(self, down: Downstream, route: ModelRoute, stream: bool) -> str:
+        """The endpoint of a Ready model at once; else wake it (a stream starts its SSE reply
+        now and gets ``: loading`` comments while it waits)."""
+        if route.phase == READY and route.endpoint:
+            return route.endpoint
+        future = self.core.waker.pending(route.name)
+        if stream and not down.started:
+            await down.start(200, list(SSE_HEADERS))
+        try:
+            if down.started:
+                return await self._with_comments(
+                    down, f"loading {route.name}", asyncio.shield(future)
+                )
+            return await asyncio.shield(future)
+        except Unavailable as exc:
+            raise errors.unavailable(exc.message, exc.status, exc.retry_after) from None
+
+    async def _recheck(self, down: Downstream, name: str, endpoint: str) -> str:
+        """After waiting, the model may have moved or stopped; now that the request counts as
+        in flight it cannot be unloaded any more, so look once more."""
+        route = self.gateway.route(name)
+        if route is None:
+            raise errors.model_not_found(name)
+        if route.phase == READY and route.endpoint:
+            return route.endpoint
+        return await self._ready_endpoint(down, route, stream=False)
+
+    async def _with_comments(self, down: Downstream, what: str, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` while a side task sends ``: <what> (N s)`` comments on the open
+        stream. The awaiting happens here, in the request's task, so a disconnect cancels it
+        exactly as it would without comments."""
+        ticker = asyncio.get_running_loop().create_task(self._tick(down, what))
+        try:
+            return await awaitable
+        finally:
+            ticker.cancel()
+            await asyncio.wait({ticker})
+
+    async def _tick(self, down: Downstream, what: str) -> None:
+        start = time.monotonic()
+        while True:
+            await down.comment(f"{what} ({time.monotonic() - start:.0f} s)")
+            await asyncio.sleep(self.settings.loading_comment_interval)
+
+    # --- forwarding ---------------------------------------------------------------------------
+
+    async def _forward(
+        self,
+        down: Downstream,
+        ex: Exchange,
+        name: str,
+        endpoint: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        content: AsyncIterable[bytes] | bytes,
+    ) -> None:
+        pool = self.core.pool
+        client = pool.acquire(endpoint)
+        try:
+            try:
+                response = await send(client, ex.method, endpoint + target, headers, content)
+            except httpx.HTTPError as exc:
+                error, failed = classify(name, exc)
+                if failed:
+                    self._backend_failed(name, error.message)
+                raise error from None
+            try:
+                if down.started:  # our SSE reply is open already (we waited for a wake)
+                    relayed = await self._into_open_stream(down, response, name, ex)
+                else:
+                    relayed = await relay(down, response, name, self.settings.max_buffered_response)
+            except BrokenReply as broken:
+                if broken.backend_failed:
+                    self._backend_failed(name, broken.error.message)
+                raise
+            finally:
+                await response.aclose()
+        finally:
+            pool.release(endpoint)
+        ex.usage = relayed.usage
+        ex.streamed = response.headers.get("content-type", "").startswith("text/event")
+        if relayed.broken is not None:
+            ex.status = relayed.broken.status
+            if relayed.backend_failed:
+                self._backend_failed(name, relayed.broken.message)
+
+    async def _into_open_stream(
+        self, down: Downstream, response: httpx.Response, name: str, ex: Exchange
+    ) -> Relayed:
+        """Relay into the SSE reply we already started: a backend error becomes an error event."""
+        if response.status_code >= 400:
+            body = await response.aread()
+            ex.status = response.status_code
+            event = body.strip() if body.lstrip().startswith(b'{"error"') else None
+            if event is None:
+                event = ProxyError(
+                    response.status_code,
+                    body.decode("utf-8", "replace")[:500] or response.reason_phrase,
+                    "server_error" if response.status_code >= 500 else "invalid_request_error",
+                    "backend_error",
+                ).body()
+            await down.end(b"data: " + event + b"\n\n")
+            return Relayed()
+        return await pump(down, response, name, is_sse=True)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _authenticate(self, scope: Scope) -> Access:
+        return self._authenticate_with(pick_headers(scope["headers"]).authorization)
+
+    def _authenticate_with(self, authorization: str | None) -> Access:
+        return authenticate(self.gateway.api_keys(), authorization)
+
+    def _route(self, model: str, access: Access) -> ModelRoute:
+        route = self.gateway.route(model)
+        if route is None or not access.may_reach(route):
+            raise errors.model_not_found(model)
+        return route
+
+    def _backend_failed(self, name: str, reason: str) -> None:
+        self.core.metrics.backend_failures.labels(name).inc()
+        log.warning("backend of %s failed: %s", name, reason)
+        try:
+            self.gateway.backend_failed(name, reason)
+        except Exception:
+            log.exception("gateway.backend_failed(%s) raised", name)
+
+    def _finish(self, ex: Exchange, down: Downstream, upstream: bool) -> None:
+        """Metrics, the request log, the access log: once per request, whatever happened."""
+        latency = time.perf_counter() - ex.start
+        status = ex.status or down.status or 500
+        ttft = down.first_byte - ex.start if ex.streamed and down.first_byte is not None else None
+        usage = ex.usage
+        metrics = self.core.metrics
+        if upstream:
+            metrics.upstream_requests.labels(ex.model, str(status)).inc()
+        else:
+            metrics.observe(ex.model, status, latency, ttft, usage)
+        prompt = usage.prompt_tokens if usage else None
+        completion = usage.completion_tokens if usage else None
+        try:
+            self.gateway.record_request(
+                RequestRecord(
+                    time=ex.wall,
+                    client=ex.client,
+                    model=ex.model or ex.requested,
+                    path=ex.path,
+                    status=status,
+                    latency=latency,
+                    ttft=ttft,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                )
+            )
+        except Exception:
+            log.exception("gateway.record_request raised")
+        if self.settings.access_log:
+            access_log(
+                ex.client,
+                ex.method,
+                ex.path,
+                ex.model or ex.requested,
+                status,
+                latency,
+                ttft,
+                prompt,
+                completion,
+            )
+
+
+async def _no_receive() -> dict[str, object]:
+    return {"type": "http.disconnect"}
+
+
+async def _prefixed(held: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in held:
+        yield chunk
+    held.clear()
+    async for chunk in rest:
+        yield chunk
+
+
+async def _aclose(iterator: AsyncIterator[bytes]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
