@@ -397,6 +397,11 @@ class Handler(BaseHTTPRequestHandler):
         self.send_json(200, {"object": "list", "data": data, "model": model, "usage": usage})
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 128  # bursts of concurrent connects (wake tests, benchmarks)
+    block_on_close = False  # idle keep-alive connections must not hold up the exit
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     env = os.environ.get
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -473,9 +478,7 @@ def serve(args: argparse.Namespace) -> int:
 
     state = State(args)
     handler = type("BoundHandler", (Handler,), {"state": state})
-    ThreadingHTTPServer.request_queue_size = 128  # bursts of concurrent connects
-    server = ThreadingHTTPServer((args.host, args.port), handler)
-    server.block_on_close = False  # idle keep-alive connections must not block the exit
+    server = Server((args.host, args.port), handler)
     state.port = server.server_address[1]
     state.started = time.monotonic()
 
@@ -495,8 +498,9 @@ def serve(args: argparse.Namespace) -> int:
             log(f"received {name}, finishing {state.in_flight} in-flight request(s)")
             threading.Thread(target=drain_and_stop, daemon=True).start()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    if threading.current_thread() is threading.main_thread():  # serve() may run in a thread
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
     url = f"http://{args.host}:{state.port}"
     log(f"listening on {url} model={args.model_name} pid={os.getpid()}")
     if args.startup_delay:
