@@ -10,7 +10,7 @@ import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from litestar import Response, get, post
+from litestar import Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.response import Stream
@@ -72,10 +72,17 @@ def admin_handlers(core: ProxyCore) -> list[BaseRouteHandler]:
         return merge_queue_stats(await gateway.status(), core.queues.stats())
 
     @get("/api/events", guards=guards)
-    async def events(model: str | None = None, limit: int = 100, follow: bool = False) -> Any:
-        history = await gateway.events(model=model, limit=limit)
+    async def events(request: Request) -> Response:
+        """``?model=NAME`` filters, ``?limit=N`` (default 100), ``?follow=1`` streams SSE."""
+        query = request.query_params
+        model = query.get("model") or None
+        limit_text = query.get("limit", "100")
+        if not limit_text.isdigit():
+            raise errors.bad_request(f"limit must be a whole number, got {limit_text!r}")
+        follow = query.get("follow", "").lower() in ("1", "true", "yes")
+        history = await gateway.events(model=model, limit=int(limit_text))
         if not follow:
-            return history
+            return Response(history)
 
         async def stream() -> AsyncIterator[bytes]:
             for event in history:
@@ -110,12 +117,14 @@ def admin_handlers(core: ProxyCore) -> list[BaseRouteHandler]:
         after = gateway.route(route.name)
         return {"model": route.name, "action": action, "phase": after.phase if after else None}
 
+    # Parameters are read from the request rather than declared: the declaration style changed
+    # across Litestar 2.x releases, this works with all of them.
     @post("/api/models/{name:str}/load", guards=guards, status_code=200)
-    async def load(name: str) -> dict[str, Any]:
-        return await _by_hand(name, "load")
+    async def load(request: Request) -> dict[str, Any]:
+        return await _by_hand(request.path_params["name"], "load")
 
     @post("/api/models/{name:str}/unload", guards=guards, status_code=200)
-    async def unload(name: str) -> dict[str, Any]:
-        return await _by_hand(name, "unload")
+    async def unload(request: Request) -> dict[str, Any]:
+        return await _by_hand(request.path_params["name"], "unload")
 
     return [healthz, readyz, metrics, status, events, reconcile, load, unload]
