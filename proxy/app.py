@@ -65,8 +65,8 @@ def create_app(
     async def upstream(scope: Scope, receive: Receive, send: Send) -> None:
         await routes.upstream(scope, receive, send)
 
-    async def close_pool() -> None:
-        await core.pool.aclose()
+    def close_pool() -> None:
+        core.pool.close()
 
     app = Litestar(
         route_handlers=[v1, upstream, *admin_handlers(core)],

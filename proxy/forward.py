@@ -1,24 +1,21 @@
-"""Forwarding to backends with httpx: pooled clients, header hygiene, and relaying the reply.
+"""Forwarding to backends: pools per endpoint, header hygiene, and relaying the reply.
 
-One ``httpx.AsyncClient`` per backend endpoint keeps HTTP/1.1 connections alive between
-requests. Requests are built as bare ``httpx.Request`` objects (the client's default headers,
-``Accept-Encoding`` among them, are not added: the backend sees the client's own). Replies are
-relayed as raw bytes (``aiter_raw``: no decoding, no re-encoding): streamed chunk by chunk as they
-arrive, except a JSON reply of known size, which is read whole so its token usage can be counted.
+Requests carry the client's own headers (minus hop-by-hop ones and modelplane's), so the backend
+sees e.g. the client's ``Accept-Encoding``. Replies are relayed as the bytes that arrive (no
+content decoding, no re-encoding): streamed chunk by chunk, except a JSON reply of known size,
+which is read whole so its token usage can be counted.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-
-import httpx
 
 from proxy import errors
 from proxy.channel import Downstream
 from proxy.errors import ProxyError
 from proxy.settings import ProxySettings
+from proxy.upstream import Reply, Timeouts, UpstreamError, UpstreamPool
 from proxy.usage import Tail, Usage, find_usage
 
 HOP_BY_HOP = frozenset(
@@ -35,7 +32,7 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-# Host and Content-Length are set by httpx for the backend; Expect is answered by our server;
+# Host and Content-Length are set by the upstream client; Expect is answered by our server;
 # X-Priority is modelplane's own.
 _REQUEST_DROP = HOP_BY_HOP | {b"host", b"content-length", b"expect", b"x-priority"}
 _REQUEST_DROP_AUTH = _REQUEST_DROP | {b"authorization"}
@@ -87,94 +84,60 @@ def response_headers(
     return out
 
 
-def classify(model: str, exc: httpx.HTTPError) -> tuple[ProxyError, bool]:
-    """The error answer for a transport failure, and whether the backend counts as failed.
-
-    A slow backend (read/write timeout) is not broken; a refused or dropped connection is.
-    """
-    reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if isinstance(exc, httpx.ConnectTimeout):
-        return errors.backend_timeout(model, reason), True
-    if isinstance(exc, httpx.TimeoutException):
-        return errors.backend_timeout(model, reason), False
-    return errors.backend_error(model, reason), True
+def classify(model: str, exc: UpstreamError) -> ProxyError:
+    """The error answer for a failed exchange with a backend."""
+    if exc.kind in ("connect_timeout", "read_timeout", "write_timeout"):
+        return errors.backend_timeout(model, str(exc))
+    return errors.backend_error(model, str(exc))
 
 
 class BackendPool:
-    """One pooled ``httpx.AsyncClient`` per backend endpoint.
+    """One keep-alive :class:`UpstreamPool` per backend endpoint.
 
-    A client whose endpoint no model uses any more (the model stopped or moved to another port)
+    A pool whose endpoint no model uses any more (the model stopped or moved to another port)
     is closed when a new endpoint appears, once no request is using it.
     """
 
     def __init__(self, settings: ProxySettings, live_endpoints: Callable[[], set[str]]) -> None:
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._pools: dict[str, UpstreamPool] = {}
         self._active: dict[str, int] = {}
         self._live_endpoints = live_endpoints
-        self._timeout = httpx.Timeout(
+        self._timeouts = Timeouts(
             connect=settings.connect_timeout,
             read=settings.read_timeout,
             write=settings.write_timeout,
-            pool=None,  # our queue bounds concurrency; the pool has no limit to wait on
         )
-        self._limits = httpx.Limits(
-            max_connections=None,
-            max_keepalive_connections=settings.keepalive_connections,
-            keepalive_expiry=settings.keepalive_expiry,
-        )
+        self._max_idle = settings.keepalive_connections
+        self._idle_expiry = settings.keepalive_expiry
 
-    def acquire(self, endpoint: str) -> httpx.AsyncClient:
-        client = self._clients.get(endpoint)
-        if client is None:
+    def acquire(self, endpoint: str) -> UpstreamPool:
+        pool = self._pools.get(endpoint)
+        if pool is None:
             self._retire_unused()
-            client = self._clients[endpoint] = httpx.AsyncClient(
-                timeout=self._timeout,
-                limits=self._limits,
-                trust_env=False,  # an HTTP_PROXY in the environment must not catch loopback
-                follow_redirects=False,
+            pool = self._pools[endpoint] = UpstreamPool(
+                endpoint, self._timeouts, self._max_idle, self._idle_expiry
             )
         self._active[endpoint] = self._active.get(endpoint, 0) + 1
-        return client
+        return pool
 
     def release(self, endpoint: str) -> None:
         self._active[endpoint] -= 1
 
     def _retire_unused(self) -> None:
         live = self._live_endpoints()
-        for endpoint in list(self._clients):
+        for endpoint in list(self._pools):
             if endpoint not in live and not self._active.get(endpoint):
                 self._active.pop(endpoint, None)
-                _close_later(self._clients.pop(endpoint))
+                self._pools.pop(endpoint).close()
 
     @property
     def endpoints(self) -> list[str]:
-        return list(self._clients)
+        return list(self._pools)
 
-    async def aclose(self) -> None:
-        clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.aclose()
-
-
-_closing: set[asyncio.Task[None]] = set()  # strong references until the tasks finish
-
-
-def _close_later(client: httpx.AsyncClient) -> None:
-    task = asyncio.get_running_loop().create_task(client.aclose())
-    _closing.add(task)
-    task.add_done_callback(_closing.discard)
-
-
-async def send(
-    client: httpx.AsyncClient,
-    method: str,
-    url: str,
-    headers: list[tuple[bytes, bytes]],
-    content: bytes | AsyncIterable[bytes],
-) -> httpx.Response:
-    """Send the request; the reply's headers are read, its body not yet."""
-    request = httpx.Request(method, url, headers=headers, content=content)
-    return await client.send(request, stream=True)
+    def close(self) -> None:
+        pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.close()
 
 
 # --- relaying the reply ---------------------------------------------------------------------------
@@ -189,66 +152,55 @@ class Relayed:
     backend_failed: bool = False
 
 
-def _is_json(content_type: str) -> bool:
-    return content_type.startswith("application/json") or content_type.endswith("+json")
+def _is_json(content_type: bytes) -> bool:
+    return content_type.startswith(b"application/json") or content_type.endswith(b"+json")
 
 
-async def relay(
-    down: Downstream,
-    response: httpx.Response,
-    model: str,
-    max_buffered: int,
-) -> Relayed:
+def is_sse(reply: Reply) -> bool:
+    return reply.content_type.startswith(b"text/event-stream")
+
+
+async def relay(down: Downstream, reply: Reply, model: str, max_buffered: int) -> Relayed:
     """Pass the reply to the client (status, headers, body) as it arrives."""
-    content_type = response.headers.get("content-type", "")
-    length = response.headers.get("content-length")
+    length = reply.content_length
     if (
-        _is_json(content_type)
+        _is_json(reply.content_type)
         and length is not None
-        and length.isdigit()
-        and int(length) <= max_buffered
-        and not response.headers.get("content-encoding")
+        and length <= max_buffered
+        and not reply.content_encoding
     ):
-        return await _relay_whole(down, response, model)
-    return await _relay_stream(down, response, model, is_sse=content_type.startswith("text/event"))
+        return await _relay_whole(down, reply, model)
+    await down.start(reply.status, response_headers(reply.headers, keep_length=True))
+    return await pump(down, reply, model, is_sse(reply))
 
 
-async def _relay_whole(down: Downstream, response: httpx.Response, model: str) -> Relayed:
+async def _relay_whole(down: Downstream, reply: Reply, model: str) -> Relayed:
     try:
-        body = b"".join([chunk async for chunk in response.aiter_raw()])
-    except httpx.HTTPError as exc:
-        error, failed = classify(model, exc)
+        body = await reply.aread()
+    except UpstreamError as exc:
+        error = classify(model, exc)
         await down.fail(error)
-        return Relayed(broken=error, backend_failed=failed)
-    headers = response_headers(response.headers.raw, keep_length=False)
-    await down.respond(response.status_code, headers, body)
-    return Relayed(usage=find_usage(body) if response.status_code < 400 else None)
+        return Relayed(broken=error, backend_failed=exc.backend_failed)
+    await down.respond(reply.status, response_headers(reply.headers, keep_length=False), body)
+    return Relayed(usage=find_usage(body) if reply.status < 400 else None)
 
 
-async def _relay_stream(
-    down: Downstream, response: httpx.Response, model: str, is_sse: bool
-) -> Relayed:
-    headers = response_headers(response.headers.raw, keep_length=True)
-    await down.start(response.status_code, headers)
-    return await pump(down, response, model, is_sse)
-
-
-async def pump(down: Downstream, response: httpx.Response, model: str, is_sse: bool) -> Relayed:
+async def pump(down: Downstream, reply: Reply, model: str, sse: bool) -> Relayed:
     """Copy the body chunk by chunk; on a backend failure end an SSE stream with an error event
     (other bodies are cut off: the client sees an incomplete reply)."""
     tail = Tail()
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in reply.aiter_raw():
             await down.send(chunk)
             tail.add(chunk)
-    except httpx.HTTPError as exc:
-        error, failed = classify(model, exc)
-        if is_sse:
+    except UpstreamError as exc:
+        error = classify(model, exc)
+        if sse:
             await down.end(error.sse_event())
-            return Relayed(broken=error, backend_failed=failed)
-        raise BrokenReply(error, failed) from exc
+            return Relayed(broken=error, backend_failed=exc.backend_failed)
+        raise BrokenReply(error, exc.backend_failed) from exc
     await down.end()
-    return Relayed(usage=find_usage(tail.bytes()) if is_sse else None)
+    return Relayed(usage=find_usage(tail.bytes()) if sse else None)
 
 
 class BrokenReply(Exception):

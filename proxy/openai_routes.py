@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import unquote
 
-import httpx
 import msgspec
 from litestar.types import Receive, Scope, Send
 
@@ -34,18 +33,11 @@ from proxy.body import MultipartModelFinder, multipart_boundary, no_model_field,
 from proxy.channel import ClientGone, Downstream
 from proxy.core import ProxyCore
 from proxy.errors import ProxyError
-from proxy.forward import (
-    BrokenReply,
-    Relayed,
-    classify,
-    pump,
-    relay,
-    request_headers,
-    send,
-)
+from proxy.forward import BrokenReply, Relayed, classify, is_sse, pump, relay, request_headers
 from proxy.gateway import ModelRoute, RequestRecord, Unavailable
 from proxy.logsetup import access_log
 from proxy.queueing import QueueFull, QueueTimeout, resolve_priority
+from proxy.upstream import Reply, UpstreamError
 from proxy.usage import Usage
 from proxy.wake import READY
 
@@ -58,6 +50,7 @@ SSE_HEADERS = [
 ]
 T = TypeVar("T")
 DISCONNECTED = 499  # nginx's status for "client closed request", in logs and metrics
+WAKE_GRACE = 30.0  # seconds past a model's startup_timeout before the proxy stops waiting
 
 
 @dataclass(slots=True)
@@ -75,6 +68,16 @@ class Exchange:
     usage: Usage | None = None
     streamed: bool = False
     body_stream: AsyncIterator[bytes] | None = None  # closed at the end if not consumed
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """What goes to the backend."""
+
+    target: str  # path and query
+    headers: list[tuple[bytes, bytes]]
+    content: AsyncIterable[bytes] | bytes
+    content_length: int | None = None  # of streamed content; None: it is sent chunked
 
 
 @dataclass(slots=True)
@@ -260,11 +263,13 @@ class OpenAIRoutes:
             priority = resolve_priority(picked.x_priority, x_priority, route.priority)
         except ValueError as exc:
             raise errors.bad_request(str(exc), "invalid_priority", param="x_priority") from None
-        fwd_headers = request_headers(headers, drop_authorization=not access.open)
-        if not isinstance(content, bytes) and picked.content_length is not None:
-            fwd_headers.append((b"content-length", str(picked.content_length).encode()))
-        target = _target(path, scope)
-        await self._serve(down, ex, route, priority, stream, target, fwd_headers, content)
+        outgoing = Outgoing(
+            _target(path, scope),
+            request_headers(headers, drop_authorization=not access.open),
+            content,
+            None if isinstance(content, bytes) else picked.content_length,
+        )
+        await self._serve(down, ex, route, priority, stream, outgoing)
 
     async def _upstream(self, scope: Scope, down: Downstream, ex: Exchange, path: bytes) -> None:
         rest = path[len(b"/upstream/") :]
@@ -280,20 +285,22 @@ class OpenAIRoutes:
         limit = self.settings.max_body_bytes
         if picked.content_length is not None and picked.content_length > limit:
             raise errors.too_large(limit)
-        fwd_headers = request_headers(headers, drop_authorization=not access.open)
-        content: AsyncIterable[bytes] | bytes
+        outgoing = Outgoing(
+            _target(b"/" + tail, scope),
+            request_headers(headers, drop_authorization=not access.open),
+            b"",
+        )
         if picked.chunked or picked.content_length:
-            content = ex.body_stream = down.body_chunks(limit)  # streamed: UIs may upload files
-            if picked.content_length is not None:
-                fwd_headers.append((b"content-length", str(picked.content_length).encode()))
+            # Streamed: a backend's web UI may upload files.
+            outgoing.content = ex.body_stream = down.body_chunks(limit)
+            outgoing.content_length = picked.content_length
         else:
-            content = await down.read_body(limit)  # empty; also starts the disconnect watch
+            await down.read_body(limit)  # empty; also starts the disconnect watch
         endpoint = await self._ready_endpoint(down, route, stream=False)
-        target = _target(b"/" + tail, scope)
         self.gateway.begin_request(route.name)  # no slot: UIs load many small files at once
         try:
             endpoint = await self._recheck(down, route.name, endpoint)
-            await self._forward(down, ex, route.name, endpoint, target, fwd_headers, content)
+            await self._forward(down, ex, route.name, endpoint, outgoing)
         finally:
             self.gateway.end_request(route.name)
 
@@ -325,9 +332,7 @@ class OpenAIRoutes:
         route: ModelRoute,
         priority: int,
         stream: bool,
-        target: str,
-        headers: list[tuple[bytes, bytes]],
-        content: AsyncIterable[bytes] | bytes,
+        outgoing: Outgoing,
     ) -> None:
         """Wake, queue, forward; ``begin_request``/``end_request`` bracket the forwarding."""
         name = route.name
@@ -350,7 +355,7 @@ class OpenAIRoutes:
         self.gateway.begin_request(name)
         try:
             endpoint = await self._recheck(down, name, endpoint)
-            await self._forward(down, ex, name, endpoint, target, headers, content)
+            await self._forward(down, ex, name, endpoint, outgoing)
         finally:
             self.gateway.end_request(name)
             queue.release(limit, time.perf_counter() - slot_start)
@@ -365,14 +370,22 @@ class OpenAIRoutes:
         future = self.core.waker.pending(route.name)
         if stream and not down.started:
             await down.start(200, list(SSE_HEADERS))
+        # The gateway bounds a wake by startupTimeout; this bound only guards against a wake
+        # that never returns (a bug there must not pile requests up here forever).
+        limit = route.startup_timeout + WAKE_GRACE
         try:
-            if down.started:
-                return await self._with_comments(
-                    down, f"loading {route.name}", asyncio.shield(future)
-                )
-            return await asyncio.shield(future)
+            async with asyncio.timeout(limit):
+                if down.started:
+                    return await self._with_comments(
+                        down, f"loading {route.name}", asyncio.shield(future)
+                    )
+                return await asyncio.shield(future)
         except Unavailable as exc:
             raise errors.unavailable(exc.message, exc.status, exc.retry_after) from None
+        except TimeoutError:
+            raise errors.unavailable(
+                f"model `{route.name}` did not become ready within {limit:.0f} s"
+            ) from None
 
     async def _recheck(self, down: Downstream, name: str, endpoint: str) -> str:
         """After waiting, the model may have moved or stopped; now that the request counts as
@@ -409,58 +422,61 @@ class OpenAIRoutes:
         ex: Exchange,
         name: str,
         endpoint: str,
-        target: str,
-        headers: list[tuple[bytes, bytes]],
-        content: AsyncIterable[bytes] | bytes,
+        out: Outgoing,
     ) -> None:
-        pool = self.core.pool
-        client = pool.acquire(endpoint)
+        pools = self.core.pool
+        upstream = pools.acquire(endpoint)
         try:
             try:
-                response = await send(client, ex.method, endpoint + target, headers, content)
-            except httpx.HTTPError as exc:
-                error, failed = classify(name, exc)
-                if failed:
+                reply = await upstream.request(
+                    ex.method, out.target, out.headers, out.content, out.content_length
+                )
+            except UpstreamError as exc:
+                error = classify(name, exc)
+                if exc.backend_failed:
                     self._backend_failed(name, error.message)
                 raise error from None
             try:
+                ex.streamed = is_sse(reply)
                 if down.started:  # our SSE reply is open already (we waited for a wake)
-                    relayed = await self._into_open_stream(down, response, name, ex)
+                    relayed = await self._into_open_stream(down, reply, name, ex)
                 else:
-                    relayed = await relay(down, response, name, self.settings.max_buffered_response)
+                    relayed = await relay(down, reply, name, self.settings.max_buffered_response)
             except BrokenReply as broken:
                 if broken.backend_failed:
                     self._backend_failed(name, broken.error.message)
                 raise
             finally:
-                await response.aclose()
+                reply.close()
         finally:
-            pool.release(endpoint)
+            pools.release(endpoint)
         ex.usage = relayed.usage
-        ex.streamed = response.headers.get("content-type", "").startswith("text/event")
         if relayed.broken is not None:
             ex.status = relayed.broken.status
             if relayed.backend_failed:
                 self._backend_failed(name, relayed.broken.message)
 
     async def _into_open_stream(
-        self, down: Downstream, response: httpx.Response, name: str, ex: Exchange
+        self, down: Downstream, reply: Reply, name: str, ex: Exchange
     ) -> Relayed:
         """Relay into the SSE reply we already started: a backend error becomes an error event."""
-        if response.status_code >= 400:
-            body = await response.aread()
-            ex.status = response.status_code
-            event = body.strip() if body.lstrip().startswith(b'{"error"') else None
-            if event is None:
-                event = ProxyError(
-                    response.status_code,
-                    body.decode("utf-8", "replace")[:500] or response.reason_phrase,
-                    "server_error" if response.status_code >= 500 else "invalid_request_error",
+        if reply.status >= 400:
+            ex.status = reply.status
+            try:
+                body = (await reply.aread()).strip()
+            except UpstreamError as exc:
+                body = str(exc).encode()
+            if not body.startswith(b'{"error"'):
+                body = ProxyError(
+                    reply.status,
+                    body.decode("utf-8", "replace")[:500] or f"backend answered {reply.status}",
+                    "server_error" if reply.status >= 500 else "invalid_request_error",
                     "backend_error",
                 ).body()
-            await down.end(b"data: " + event + b"\n\n")
+            await down.end(b"data: " + body + b"\n\n")
             return Relayed()
-        return await pump(down, response, name, is_sse=True)
+        ex.streamed = True
+        return await pump(down, reply, name, sse=True)
 
     # --- helpers ------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ class FakeModel:
     priority: str = "normal"
     pinned: bool = False
     startup_timeout: float = 20.0
+    endpoint: str | None = None  # served by something the test runs: always Ready there
 
 
 class FakeGateway:
@@ -58,6 +59,8 @@ class FakeGateway:
         return backend if backend is not None and backend.process.poll() is None else None
 
     def phase(self, name: str) -> str:
+        if self.models[name].endpoint:
+            return "Ready"
         if name in self._starting:
             return "Starting"
         if name in self.failed:
@@ -74,7 +77,8 @@ class FakeGateway:
             priority=PRIORITIES[model.priority],
             max_concurrency=model.max_concurrency,
             startup_timeout=model.startup_timeout,
-            endpoint=backend.url if backend is not None and phase == "Ready" else None,
+            endpoint=model.endpoint
+            or (backend.url if backend is not None and phase == "Ready" else None),
             created=1700000000,
         )
 
@@ -92,6 +96,8 @@ class FakeGateway:
         self.wake_calls[name] += 1
         if name not in self.models:
             raise Unavailable(f"unknown model {model}", status=404)
+        if self.models[name].endpoint:
+            return self.models[name].endpoint  # type: ignore[return-value]
         backend = self._alive(name)
         if backend is not None and name not in self.failed:
             return backend.url

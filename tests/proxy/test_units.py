@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 
-import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,6 +18,7 @@ from proxy.errors import ProxyError
 from proxy.forward import classify, request_headers, response_headers
 from proxy.gateway import ApiKey, ModelRoute
 from proxy.logsetup import JsonFormatter, access_log, setup_logging
+from proxy.upstream import UpstreamError
 from proxy.usage import Tail, Usage, find_usage
 
 # --- JSON bodies ---------------------------------------------------------------------------------
@@ -177,12 +177,13 @@ def test_response_headers_lowercased_and_cleaned() -> None:
 
 
 def test_transport_errors_classified() -> None:
-    refused, failed = classify("m", httpx.ConnectError("refused"))
-    assert (refused.status, refused.code, failed) == (502, "backend_error", True)
-    slow, failed = classify("m", httpx.ReadTimeout("slow"))
-    assert (slow.status, slow.code, failed) == (502, "backend_timeout", False)
-    died, failed = classify("m", httpx.RemoteProtocolError("peer closed"))
-    assert failed and "peer closed" in died.message
+    refused = UpstreamError("connect", "cannot connect: refused")
+    assert refused.backend_failed
+    assert (classify("m", refused).status, classify("m", refused).code) == (502, "backend_error")
+    slow = UpstreamError("read_timeout", "no reply bytes for 5 s")
+    assert not slow.backend_failed and classify("m", slow).code == "backend_timeout"
+    died = UpstreamError("closed", "backend closed the connection")
+    assert died.backend_failed and "closed the connection" in classify("m", died).message
 
 
 # --- keys ----------------------------------------------------------------------------------------
