@@ -90,6 +90,7 @@ class Downstream:
 
     def close(self) -> None:
         """Stop watching (call when the handler is done)."""
+        self.finished = True  # a disconnect from now on cancels nothing
         if self._watcher is not None:
             self._watcher.cancel()
             self._watcher = None

@@ -16,7 +16,6 @@ per-request Request/Response machinery. A request goes through:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
@@ -67,7 +66,6 @@ class Exchange:
     status: int = 0  # the outcome when it differs from the status sent (499, 502 mid-stream)
     usage: Usage | None = None
     streamed: bool = False
-    body_stream: AsyncIterator[bytes] | None = None  # closed at the end if not consumed
 
 
 @dataclass(slots=True)
@@ -158,7 +156,8 @@ class OpenAIRoutes:
         elif method in ("GET", "HEAD") and (path in (b"/v1/models", b"/v1/models/")):
             await self._models(scope, send, None)
         elif method in ("GET", "HEAD") and path.startswith(b"/v1/models/"):
-            await self._models(scope, send, unquote(path[len(b"/v1/models/") :].decode()))
+            name = unquote(path[len(b"/v1/models/") :].decode("utf-8", "replace"))
+            await self._models(scope, send, name)
         else:
             error = errors.method_not_allowed(
                 method, path.decode("latin-1"), "POST (or GET /v1/models)"
@@ -233,8 +232,6 @@ class OpenAIRoutes:
             ex.status = DISCONNECTED
         finally:
             down.close()
-            if ex.body_stream is not None:
-                await _aclose(ex.body_stream)
             self._finish(ex, down, upstream)
 
     async def _api(self, scope: Scope, down: Downstream, ex: Exchange, path: bytes) -> None:
@@ -250,8 +247,8 @@ class OpenAIRoutes:
             else None
         )
         if boundary is not None:
-            ex.requested, ex.body_stream = await self._read_multipart(down, boundary)
-            content: AsyncIterable[bytes] | bytes = ex.body_stream
+            ex.requested, rest = await self._read_multipart(down, boundary)
+            content: AsyncIterable[bytes] | bytes = rest
             stream, x_priority = False, None
         else:
             request = parse_json_request(await down.read_body(limit))
@@ -274,7 +271,7 @@ class OpenAIRoutes:
     async def _upstream(self, scope: Scope, down: Downstream, ex: Exchange, path: bytes) -> None:
         rest = path[len(b"/upstream/") :]
         name, _, tail = rest.partition(b"/")
-        ex.requested = unquote(name.decode("latin-1"))
+        ex.requested = unquote(name.decode("utf-8", "replace"))
         headers = scope["headers"]
         picked = pick_headers(headers)
         access = self._authenticate_with(picked.authorization)
@@ -292,7 +289,7 @@ class OpenAIRoutes:
         )
         if picked.chunked or picked.content_length:
             # Streamed: a backend's web UI may upload files.
-            outgoing.content = ex.body_stream = down.body_chunks(limit)
+            outgoing.content = down.body_chunks(limit)
             outgoing.content_length = picked.content_length
         else:
             await down.read_body(limit)  # empty; also starts the disconnect watch
@@ -463,17 +460,10 @@ class OpenAIRoutes:
         if reply.status >= 400:
             ex.status = reply.status
             try:
-                body = (await reply.aread()).strip()
+                body = await reply.aread()
             except UpstreamError as exc:
                 body = str(exc).encode()
-            if not body.startswith(b'{"error"'):
-                body = ProxyError(
-                    reply.status,
-                    body.decode("utf-8", "replace")[:500] or f"backend answered {reply.status}",
-                    "server_error" if reply.status >= 500 else "invalid_request_error",
-                    "backend_error",
-                ).body()
-            await down.end(b"data: " + body + b"\n\n")
+            await down.end(b"data: " + _error_event(reply.status, body) + b"\n\n")
             return Relayed()
         ex.streamed = True
         return await pump(down, reply, name, sse=True)
@@ -543,6 +533,19 @@ class OpenAIRoutes:
             )
 
 
+def _error_event(status: int, body: bytes) -> bytes:
+    """A backend's error reply as one line of JSON: as it is when OpenAI-shaped, else wrapped."""
+    try:
+        parsed = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and "error" in parsed:
+        return msgspec.json.encode(parsed)  # compact: an SSE data line must not break
+    message = body.decode("utf-8", "replace").strip()[:500] or f"backend answered {status}"
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return ProxyError(status, message, kind, "backend_error").body()
+
+
 async def _no_receive() -> dict[str, object]:
     return {"type": "http.disconnect"}
 
@@ -553,10 +556,3 @@ async def _prefixed(held: list[bytes], rest: AsyncIterator[bytes]) -> AsyncItera
     held.clear()
     async for chunk in rest:
         yield chunk
-
-
-async def _aclose(iterator: AsyncIterator[bytes]) -> None:
-    aclose = getattr(iterator, "aclose", None)
-    if aclose is not None:
-        with contextlib.suppress(Exception):
-            await aclose()

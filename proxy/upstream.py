@@ -114,11 +114,8 @@ class Reply:
     async def _wait(self, timeout: float | None) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
         try:
-            if timeout is None:
+            async with asyncio.timeout(timeout):
                 await self._waiter
-            else:
-                async with asyncio.timeout(timeout):
-                    await self._waiter
         except TimeoutError:
             raise UpstreamError("read_timeout", f"no reply bytes for {timeout} s") from None
         finally:
@@ -247,11 +244,11 @@ class _Connection(asyncio.Protocol):
     # --- used by the pool and the reply --------------------------------------------------------
 
     def _broken(self, error: UpstreamError) -> None:
-        waiter = self.head_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
         if self.reply is not None:
             self.reply._fail(error)
+        waiter = self.head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)  # _wait_head finds the reply's error
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
@@ -264,22 +261,19 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     async def drain(self) -> None:
-        if self.closed:
-            raise UpstreamError("closed", "backend closed the connection")
+        """Wait while the transport's write buffer is full (back-pressure from the backend)."""
         drain = self._drain
-        if drain is None:
-            return
-        timeout = self.timeouts.write
-        try:
-            if timeout is None:
-                await asyncio.shield(drain)
-            else:
+        if drain is not None:
+            timeout = self.timeouts.write
+            try:
                 async with asyncio.timeout(timeout):
                     await asyncio.shield(drain)
-        except TimeoutError:
-            raise UpstreamError(
-                "write_timeout", f"backend accepted no request bytes for {timeout} s"
-            ) from None
+            except TimeoutError:
+                raise UpstreamError(
+                    "write_timeout", f"backend accepted no request bytes for {timeout} s"
+                ) from None
+        if self.closed:
+            raise UpstreamError("closed", "backend closed the connection")
 
     def release(self, reusable: bool) -> None:
         self.reply = None
@@ -442,7 +436,7 @@ class UpstreamPool:
                     await conn.drain()
                 if chunked and not conn.closed:
                     transport.write(b"0\r\n\r\n")
-            await self._wait_head(conn)
+            await self._wait_head(conn, reply)
         except BaseException:
             conn.reply = None
             conn.head_waiter = None
@@ -450,18 +444,17 @@ class UpstreamPool:
             raise
         return reply
 
-    async def _wait_head(self, conn: _Connection) -> None:
+    async def _wait_head(self, conn: _Connection, reply: Reply) -> None:
         waiter = conn.head_waiter
         assert waiter is not None
         timeout = self.timeouts.read
-        if timeout is None:
-            await waiter
-            return
         try:
             async with asyncio.timeout(timeout):
                 await waiter
         except TimeoutError:
             raise UpstreamError("read_timeout", f"no reply within {timeout} s") from None
+        if reply.status == 0:  # woken by a failure, not by the reply's head
+            raise reply._error or UpstreamError("closed", "backend closed the connection")
 
     def close(self) -> None:
         for conn in list(self._all):

@@ -92,6 +92,7 @@ def no_internal_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     errors = [
         r.getMessage()
         for r in caplog.get_records("call")
-        if r.levelname in ("ERROR", "CRITICAL") and r.name.startswith(("modelplane", "uvicorn"))
+        if r.levelname in ("ERROR", "CRITICAL")
+        and r.name.startswith(("modelplane", "uvicorn", "asyncio"))
     ]
     assert errors == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import openai
 import pytest
@@ -115,4 +116,55 @@ def test_upstream_passthrough_wakes_the_model(make_proxy: MakeProxy) -> None:
         unknown = http.get("/upstream/nope/health")
         assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "model_not_found"
     assert proxy.gateway.starts["m"] == 1
+    assert_balanced(proxy.gateway)
+
+
+def test_a_stream_that_woke_its_model_gets_queue_comments_too(make_proxy: MakeProxy) -> None:
+    model = FakeModel(
+        "one",
+        backend_args=("--startup-delay", "0.5", "--token-delay", "0.1"),
+        max_concurrency=1,
+    )
+    proxy = make_proxy([model], ProxySettings(loading_comment_interval=0.2))
+    results: dict[int, list[str]] = {}
+
+    def stream(i: int) -> None:
+        body = chat_body("one", f"s{i}", stream=True, max_tokens=12)
+        with proxy.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as r:
+            results[i] = list(sse_lines(r))
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    comments = [line for lines in results.values() for line in lines if line.startswith(":")]
+    assert any(c.startswith(": loading one (") for c in comments)
+    assert any(c.startswith(": queued for one (") for c in comments)  # one waited for the other
+    assert all(data_events(lines)[-1] == "[DONE]" for lines in results.values())
+    assert proxy.gateway.starts["one"] == 1
+    assert_balanced(proxy.gateway)
+
+
+def test_a_backend_error_after_a_streamed_wake_becomes_an_error_event(
+    make_proxy: MakeProxy,
+) -> None:
+    proxy = make_proxy([SLOW_START])
+    body = {"model": "sleepy", "messages": [], "stream": True}  # the backend refuses it
+    with proxy.http() as http, http.stream("POST", "/v1/chat/completions", json=body) as reply:
+        assert reply.status_code == 200  # committed while loading
+        lines = list(sse_lines(reply))
+    assert lines[0].startswith(": loading sleepy")
+    events = data_events(lines)
+    assert events == [
+        {
+            "error": {
+                "message": "'messages' must be a non-empty list",
+                "type": "invalid_request_error",
+                "code": 400,
+            }
+        }
+    ]
+    assert proxy.gateway.records[-1].status == 400
+    assert proxy.gateway.failures == []
     assert_balanced(proxy.gateway)
