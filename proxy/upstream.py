@@ -122,12 +122,15 @@ class Reply:
             self._waiter = None
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
-        """Body chunks as they arrive (transfer-decoded, not content-decoded)."""
+        """Body bytes as they arrive (transfer-decoded, not content-decoded)."""
         chunks = self._chunks
         read_timeout = self._conn.timeouts.read
         while True:
             if chunks:
-                chunk = chunks.popleft()
+                # Whatever has arrived goes on at once, as one piece: never waiting to batch,
+                # but not paying a wake-up and a write per fragment when the backend is ahead.
+                chunk = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
                 self._buffered -= len(chunk)
                 if self._buffered < _RESUME_AT:
                     self._conn.resume_reading()
