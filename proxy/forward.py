@@ -69,7 +69,7 @@ def request_headers(
 
 
 def response_headers(
-    raw: Iterable[tuple[bytes, bytes]], keep_length: bool
+    raw: list[tuple[bytes, bytes]], keep_length: bool
 ) -> list[tuple[bytes, bytes]]:
     """The backend's reply headers for the client, names lower-cased for ASGI."""
     listed = _connection_listed(raw)

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable
-from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import unquote
 
@@ -33,11 +32,19 @@ from proxy.channel import ClientGone, Downstream
 from proxy.core import ProxyCore
 from proxy.errors import ProxyError
 from proxy.forward import BrokenReply, Relayed, classify, is_sse, pump, relay, request_headers
-from proxy.gateway import ModelRoute, RequestRecord, Unavailable
-from proxy.logsetup import access_log
+from proxy.gateway import ModelRoute, Unavailable
 from proxy.queueing import QueueFull, QueueTimeout, resolve_priority
+from proxy.request import (
+    DISCONNECTED,
+    Exchange,
+    Outgoing,
+    client_address,
+    finish,
+    pick_headers,
+    raw_path,
+    target,
+)
 from proxy.upstream import Reply, UpstreamError
-from proxy.usage import Usage
 from proxy.wake import READY
 
 log = logging.getLogger("modelplane.proxy")
@@ -48,76 +55,7 @@ SSE_HEADERS = [
     (b"x-accel-buffering", b"no"),  # nginx in front: do not buffer the stream
 ]
 T = TypeVar("T")
-DISCONNECTED = 499  # nginx's status for "client closed request", in logs and metrics
 WAKE_GRACE = 30.0  # seconds past a model's startup_timeout before the proxy stops waiting
-
-
-@dataclass(slots=True)
-class Exchange:
-    """One request's bookkeeping, from arrival to the access-log line."""
-
-    start: float
-    wall: float
-    client: str
-    method: str
-    path: str
-    requested: str = ""  # the model name the client sent
-    model: str = ""  # the route it resolved to
-    status: int = 0  # the outcome when it differs from the status sent (499, 502 mid-stream)
-    usage: Usage | None = None
-    streamed: bool = False
-
-
-@dataclass(slots=True)
-class Outgoing:
-    """What goes to the backend."""
-
-    target: str  # path and query
-    headers: list[tuple[bytes, bytes]]
-    content: AsyncIterable[bytes] | bytes
-    content_length: int | None = None  # of streamed content; None: it is sent chunked
-
-
-@dataclass(slots=True)
-class RequestHeaders:
-    authorization: str | None = None
-    content_type: str = ""
-    content_length: int | None = None
-    chunked: bool = False
-    x_priority: str | None = None
-
-
-def pick_headers(headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
-    """The few request headers the proxy itself reads, in one pass."""
-    picked = RequestHeaders()
-    for name, value in headers:
-        if name == b"authorization":
-            picked.authorization = value.decode("latin-1")
-        elif name == b"content-type":
-            picked.content_type = value.decode("latin-1")
-        elif name == b"content-length":
-            if not value.strip().isdigit():
-                raise errors.bad_request(f"invalid Content-Length {value!r}", "invalid_header")
-            picked.content_length = int(value)
-        elif name == b"transfer-encoding":
-            picked.chunked = b"chunked" in value.lower()
-        elif name == b"x-priority":
-            picked.x_priority = value.decode("latin-1")
-    return picked
-
-
-def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    return client[0] if client else ""
-
-
-def _raw_path(scope: Scope) -> bytes:
-    return scope.get("raw_path") or (scope.get("root_path", "") + scope["path"]).encode()
-
-
-def _target(path: bytes, scope: Scope) -> str:
-    query = scope.get("query_string")
-    return (path + b"?" + query if query else path).decode("latin-1")
 
 
 def model_entry(name: str, route: ModelRoute, alias_of: str | None = None) -> dict[str, object]:
@@ -149,7 +87,7 @@ class OpenAIRoutes:
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1003})
             return
-        path = _raw_path(scope)
+        path = raw_path(scope)
         method = scope["method"]
         if method == "POST":
             await self._handle(scope, receive, send, path, upstream=False)
@@ -169,7 +107,7 @@ class OpenAIRoutes:
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1003})
             return
-        await self._handle(scope, receive, send, _raw_path(scope), upstream=True)
+        await self._handle(scope, receive, send, raw_path(scope), upstream=True)
 
     # --- /v1/models ---------------------------------------------------------------------------
 
@@ -202,7 +140,7 @@ class OpenAIRoutes:
         ex = Exchange(
             time.perf_counter(),
             time.time(),
-            _client(scope),
+            client_address(scope),
             scope["method"],
             path.decode("latin-1"),
         )
@@ -232,7 +170,7 @@ class OpenAIRoutes:
             ex.status = DISCONNECTED
         finally:
             down.close()
-            self._finish(ex, down, upstream)
+            finish(ex, down, self.core, upstream)
 
     async def _api(self, scope: Scope, down: Downstream, ex: Exchange, path: bytes) -> None:
         headers = scope["headers"]
@@ -261,7 +199,7 @@ class OpenAIRoutes:
         except ValueError as exc:
             raise errors.bad_request(str(exc), "invalid_priority", param="x_priority") from None
         outgoing = Outgoing(
-            _target(path, scope),
+            target(path, scope),
             request_headers(headers, drop_authorization=not access.open),
             content,
             None if isinstance(content, bytes) else picked.content_length,
@@ -283,7 +221,7 @@ class OpenAIRoutes:
         if picked.content_length is not None and picked.content_length > limit:
             raise errors.too_large(limit)
         outgoing = Outgoing(
-            _target(b"/" + tail, scope),
+            target(b"/" + tail, scope),
             request_headers(headers, drop_authorization=not access.open),
             b"",
         )
@@ -489,48 +427,6 @@ class OpenAIRoutes:
             self.gateway.backend_failed(name, reason)
         except Exception:
             log.exception("gateway.backend_failed(%s) raised", name)
-
-    def _finish(self, ex: Exchange, down: Downstream, upstream: bool) -> None:
-        """Metrics, the request log, the access log: once per request, whatever happened."""
-        latency = time.perf_counter() - ex.start
-        status = ex.status or down.status or 500
-        ttft = down.first_byte - ex.start if ex.streamed and down.first_byte is not None else None
-        usage = ex.usage
-        metrics = self.core.metrics
-        if upstream:
-            metrics.upstream_requests.labels(ex.model, str(status)).inc()
-        else:
-            metrics.observe(ex.model, status, latency, ttft, usage)
-        prompt = usage.prompt_tokens if usage else None
-        completion = usage.completion_tokens if usage else None
-        try:
-            self.gateway.record_request(
-                RequestRecord(
-                    time=ex.wall,
-                    client=ex.client,
-                    model=ex.model or ex.requested,
-                    path=ex.path,
-                    status=status,
-                    latency=latency,
-                    ttft=ttft,
-                    prompt_tokens=prompt,
-                    completion_tokens=completion,
-                )
-            )
-        except Exception:
-            log.exception("gateway.record_request raised")
-        if self.settings.access_log:
-            access_log(
-                ex.client,
-                ex.method,
-                ex.path,
-                ex.model or ex.requested,
-                status,
-                latency,
-                ttft,
-                prompt,
-                completion,
-            )
 
 
 def _error_event(status: int, body: bytes) -> bytes:
