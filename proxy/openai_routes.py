@@ -1,0 +1,454 @@
+"""The OpenAI surface (``/v1/...``) and the ``/upstream/{model}/...`` passthrough.
+
+Both are raw ASGI handlers mounted in the Litestar app: the hot path reads the body once, looks
+the model up, takes a queue slot and streams the backend's reply back, without Litestar's
+per-request Request/Response machinery. A request goes through:
+
+1. authentication (``Authorization: Bearer``, when keys are configured);
+2. the body: JSON decoded once, or multipart scanned up to its ``model`` field;
+3. the route (404 for unknown models and for models the key may not reach);
+4. wake, when the model is not Ready (streams get ``: loading`` comments meanwhile);
+5. a slot in the model's priority queue (429 when full, 503 after the wait bound);
+6. ``gateway.begin_request`` → forward → relay the reply → ``gateway.end_request``;
+7. metrics, the request log record and one access-log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable
+from typing import TypeVar
+from urllib.parse import unquote
+
+import msgspec
+from litestar.types import Receive, Scope, Send
+
+from proxy import errors
+from proxy.auth import Access, authenticate
+from proxy.body import MultipartModelFinder, multipart_boundary, no_model_field, parse_json_request
+from proxy.channel import ClientGone, Downstream
+from proxy.core import ProxyCore
+from proxy.errors import ProxyError
+from proxy.forward import BrokenReply, Relayed, classify, is_sse, pump, relay, request_headers
+from proxy.gateway import ModelRoute, Unavailable
+from proxy.queueing import QueueFull, QueueTimeout, resolve_priority
+from proxy.request import (
+    DISCONNECTED,
+    Exchange,
+    Outgoing,
+    client_address,
+    finish,
+    pick_headers,
+    raw_path,
+    target,
+)
+from proxy.upstream import Reply, UpstreamError
+from proxy.wake import READY
+
+log = logging.getLogger("modelplane.proxy")
+
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),  # nginx in front: do not buffer the stream
+]
+T = TypeVar("T")
+WAKE_GRACE = 30.0  # seconds past a model's startup_timeout before the proxy stops waiting
+
+
+def model_entry(name: str, route: ModelRoute, alias_of: str | None = None) -> dict[str, object]:
+    """One ``/v1/models`` entry: OpenAI's fields plus modelplane's ``phase``."""
+    entry: dict[str, object] = {
+        "id": name,
+        "object": "model",
+        "created": route.created,
+        "owned_by": "modelplane",
+        "phase": route.phase,
+    }
+    if alias_of is not None:
+        entry["alias_of"] = alias_of
+    return entry
+
+
+class OpenAIRoutes:
+    """The ASGI handlers; one instance per app."""
+
+    def __init__(self, core: ProxyCore) -> None:
+        self.core = core
+        self.gateway = core.gateway
+        self.settings = core.settings
+
+    # --- entry points -------------------------------------------------------------------------
+
+    async def v1(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Everything under ``/v1``."""
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1003})
+            return
+        path = raw_path(scope)
+        method = scope["method"]
+        if method == "POST":
+            await self._handle(scope, receive, send, path, upstream=False)
+        elif method in ("GET", "HEAD") and (path in (b"/v1/models", b"/v1/models/")):
+            await self._models(scope, send, None)
+        elif method in ("GET", "HEAD") and path.startswith(b"/v1/models/"):
+            name = unquote(path[len(b"/v1/models/") :].decode("utf-8", "replace"))
+            await self._models(scope, send, name)
+        else:
+            error = errors.method_not_allowed(
+                method, path.decode("latin-1"), "POST (or GET /v1/models)"
+            )
+            await Downstream(receive, send).fail(error)
+
+    async def upstream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``/upstream/{model}/{path}``: any method, passed through to the model's backend."""
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1003})
+            return
+        await self._handle(scope, receive, send, raw_path(scope), upstream=True)
+
+    # --- /v1/models ---------------------------------------------------------------------------
+
+    async def _models(self, scope: Scope, send: Send, model: str | None) -> None:
+        down = Downstream(_no_receive, send)
+        try:
+            access = self._authenticate(scope)
+            if model is None:
+                data = []
+                for route in self.gateway.routes():
+                    if access.may_reach(route):
+                        data.append(model_entry(route.name, route))
+                        data.extend(model_entry(a, route, route.name) for a in route.aliases)
+                body: object = {"object": "list", "data": data}
+            else:
+                route = self._route(model, access)
+                alias_of = route.name if model != route.name else None
+                body = model_entry(model, route, alias_of)
+        except ProxyError as error:
+            await down.fail(error)
+            return
+        await down.respond_json(200, msgspec.json.encode(body))
+
+    # --- proxied requests ---------------------------------------------------------------------
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, path: bytes, upstream: bool
+    ) -> None:
+        down = Downstream(receive, send)
+        ex = Exchange(
+            time.perf_counter(),
+            time.time(),
+            client_address(scope),
+            scope["method"],
+            path.decode("latin-1"),
+        )
+        try:
+            try:
+                if upstream:
+                    await self._upstream(scope, down, ex, path)
+                else:
+                    await self._api(scope, down, ex, path)
+            except ProxyError as error:
+                ex.status = error.status
+                await down.fail(error)
+            except ClientGone:
+                ex.status = DISCONNECTED
+            except BrokenReply as broken:
+                ex.status = broken.error.status
+                raise  # the reply is cut off: let the server drop the connection
+            except Exception:
+                log.exception("internal error in %s %s", ex.method, ex.path)
+                ex.status = 500
+                await down.fail(errors.internal_error("internal error in the proxy (logged)"))
+        except asyncio.CancelledError:
+            if not down.disconnected:
+                raise
+            # The client went away: the watcher cancelled us; the upstream call is closed.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            ex.status = DISCONNECTED
+        finally:
+            down.close()
+            finish(ex, down, self.core, upstream)
+
+    async def _api(self, scope: Scope, down: Downstream, ex: Exchange, path: bytes) -> None:
+        headers = scope["headers"]
+        picked = pick_headers(headers)
+        access = self._authenticate_with(picked.authorization)
+        limit = self.settings.max_body_bytes
+        if picked.content_length is not None and picked.content_length > limit:
+            raise errors.too_large(limit)
+        boundary = (
+            multipart_boundary(picked.content_type)
+            if picked.content_type[:10].lower() == "multipart/"
+            else None
+        )
+        if boundary is not None:
+            ex.requested, rest = await self._read_multipart(down, boundary)
+            content: AsyncIterable[bytes] | bytes = rest
+            stream, x_priority = False, None
+        else:
+            request = parse_json_request(await down.read_body(limit))
+            ex.requested, content = request.model, request.content
+            stream, x_priority = request.stream, request.x_priority
+        route = self._route(ex.requested, access)
+        ex.model = route.name
+        try:
+            priority = resolve_priority(picked.x_priority, x_priority, route.priority)
+        except ValueError as exc:
+            raise errors.bad_request(str(exc), "invalid_priority", param="x_priority") from None
+        outgoing = Outgoing(
+            target(path, scope),
+            request_headers(headers, drop_authorization=not access.open),
+            content,
+            None if isinstance(content, bytes) else picked.content_length,
+        )
+        await self._serve(down, ex, route, priority, stream, outgoing)
+
+    async def _upstream(self, scope: Scope, down: Downstream, ex: Exchange, path: bytes) -> None:
+        rest = path[len(b"/upstream/") :]
+        name, _, tail = rest.partition(b"/")
+        ex.requested = unquote(name.decode("utf-8", "replace"))
+        headers = scope["headers"]
+        picked = pick_headers(headers)
+        access = self._authenticate_with(picked.authorization)
+        if not ex.requested:
+            raise errors.not_found("use /upstream/{model}/{path}")
+        route = self._route(ex.requested, access)
+        ex.model = route.name
+        limit = self.settings.max_body_bytes
+        if picked.content_length is not None and picked.content_length > limit:
+            raise errors.too_large(limit)
+        outgoing = Outgoing(
+            target(b"/" + tail, scope),
+            request_headers(headers, drop_authorization=not access.open),
+            b"",
+        )
+        if picked.chunked or picked.content_length:
+            # Streamed: a backend's web UI may upload files.
+            outgoing.content = down.body_chunks(limit)
+            outgoing.content_length = picked.content_length
+        else:
+            await down.read_body(limit)  # empty; also starts the disconnect watch
+        endpoint = await self._ready_endpoint(down, route, stream=False)
+        self.gateway.begin_request(route.name)  # no slot: UIs load many small files at once
+        try:
+            endpoint = await self._recheck(down, route.name, endpoint)
+            await self._forward(down, ex, route.name, endpoint, outgoing)
+        finally:
+            self.gateway.end_request(route.name)
+
+    async def _read_multipart(
+        self, down: Downstream, boundary: str
+    ) -> tuple[str, AsyncIterator[bytes]]:
+        """Read up to the ``model`` field; the content to forward is those bytes, then the rest
+        of the body as it arrives (the body limit still applies)."""
+        finder = MultipartModelFinder(boundary)
+        limit = self.settings.max_body_bytes
+        chunks = down.body_chunks(limit)
+        held: list[bytes] = []
+        model = None
+        try:
+            async for chunk in chunks:
+                held.append(chunk)
+                if (model := finder.feed(chunk)) is not None:
+                    break
+        finally:
+            await chunks.aclose()
+        if model is None:
+            raise no_model_field()
+        return model, _prefixed(held, down.body_chunks(limit))
+
+    async def _serve(
+        self,
+        down: Downstream,
+        ex: Exchange,
+        route: ModelRoute,
+        priority: int,
+        stream: bool,
+        outgoing: Outgoing,
+    ) -> None:
+        """Wake, queue, forward; ``begin_request``/``end_request`` bracket the forwarding."""
+        name = route.name
+        endpoint = await self._ready_endpoint(down, route, stream)
+        queue = self.core.queues.get(name)
+        limit = route.max_concurrency
+        waiting = queue.acquire(
+            priority, limit, self.settings.max_queue, self.settings.queue_timeout
+        )
+        try:
+            if down.started:
+                await self._with_comments(down, f"queued for {name}", waiting)
+            else:
+                await waiting
+        except QueueFull as full:
+            raise errors.queue_full(name, full.queued, full.retry_after) from None
+        except QueueTimeout as timeout:
+            raise errors.queue_timeout(name, timeout.waited, timeout.retry_after) from None
+        slot_start = time.perf_counter()
+        self.gateway.begin_request(name)
+        try:
+            endpoint = await self._recheck(down, name, endpoint)
+            await self._forward(down, ex, name, endpoint, outgoing)
+        finally:
+            self.gateway.end_request(name)
+            queue.release(limit, time.perf_counter() - slot_start)
+
+    # --- wake ---------------------------------------------------------------------------------
+
+    async def _ready_endpoint(self, down: Downstream, route: ModelRoute, stream: bool) -> str:
+        """The endpoint of a Ready model at once; else wake it (a stream starts its SSE reply
+        now and gets ``: loading`` comments while it waits)."""
+        if route.phase == READY and route.endpoint:
+            return route.endpoint
+        future = self.core.waker.pending(route.name)
+        if stream and not down.started:
+            await down.start(200, list(SSE_HEADERS))
+        # The gateway bounds a wake by startupTimeout; this bound only guards against a wake
+        # that never returns (a bug there must not pile requests up here forever).
+        limit = route.startup_timeout + WAKE_GRACE
+        try:
+            async with asyncio.timeout(limit):
+                if down.started:
+                    return await self._with_comments(
+                        down, f"loading {route.name}", asyncio.shield(future)
+                    )
+                return await asyncio.shield(future)
+        except Unavailable as exc:
+            raise errors.unavailable(exc.message, exc.status, exc.retry_after) from None
+        except TimeoutError:
+            raise errors.unavailable(
+                f"model `{route.name}` did not become ready within {limit:.0f} s"
+            ) from None
+
+    async def _recheck(self, down: Downstream, name: str, endpoint: str) -> str:
+        """After waiting, the model may have moved or stopped; now that the request counts as
+        in flight it cannot be unloaded any more, so look once more."""
+        route = self.gateway.route(name)
+        if route is None:
+            raise errors.model_not_found(name)
+        if route.phase == READY and route.endpoint:
+            return route.endpoint
+        return await self._ready_endpoint(down, route, stream=False)
+
+    async def _with_comments(self, down: Downstream, what: str, awaitable: Awaitable[T]) -> T:
+        """Await ``awaitable`` while a side task sends ``: <what> (N s)`` comments on the open
+        stream. The awaiting happens here, in the request's task, so a disconnect cancels it
+        exactly as it would without comments."""
+        ticker = asyncio.get_running_loop().create_task(self._tick(down, what))
+        try:
+            return await awaitable
+        finally:
+            ticker.cancel()
+            await asyncio.wait({ticker})
+
+    async def _tick(self, down: Downstream, what: str) -> None:
+        start = time.monotonic()
+        while True:
+            await down.comment(f"{what} ({time.monotonic() - start:.0f} s)")
+            await asyncio.sleep(self.settings.loading_comment_interval)
+
+    # --- forwarding ---------------------------------------------------------------------------
+
+    async def _forward(
+        self,
+        down: Downstream,
+        ex: Exchange,
+        name: str,
+        endpoint: str,
+        out: Outgoing,
+    ) -> None:
+        pools = self.core.pool
+        upstream = pools.acquire(endpoint)
+        try:
+            try:
+                reply = await upstream.request(
+                    ex.method, out.target, out.headers, out.content, out.content_length
+                )
+            except UpstreamError as exc:
+                error = classify(name, exc)
+                if exc.backend_failed:
+                    self._backend_failed(name, error.message)
+                raise error from None
+            try:
+                ex.streamed = is_sse(reply)
+                if down.started:  # our SSE reply is open already (we waited for a wake)
+                    relayed = await self._into_open_stream(down, reply, name, ex)
+                else:
+                    relayed = await relay(down, reply, name, self.settings.max_buffered_response)
+            except BrokenReply as broken:
+                if broken.backend_failed:
+                    self._backend_failed(name, broken.error.message)
+                raise
+            finally:
+                reply.close()
+        finally:
+            pools.release(endpoint)
+        ex.usage = relayed.usage
+        if relayed.broken is not None:
+            ex.status = relayed.broken.status
+            if relayed.backend_failed:
+                self._backend_failed(name, relayed.broken.message)
+
+    async def _into_open_stream(
+        self, down: Downstream, reply: Reply, name: str, ex: Exchange
+    ) -> Relayed:
+        """Relay into the SSE reply we already started: a backend error becomes an error event."""
+        if reply.status >= 400:
+            ex.status = reply.status
+            try:
+                body = await reply.aread()
+            except UpstreamError as exc:
+                body = str(exc).encode()
+            await down.end(b"data: " + _error_event(reply.status, body) + b"\n\n")
+            return Relayed()
+        ex.streamed = True
+        return await pump(down, reply, name, sse=True)
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _authenticate(self, scope: Scope) -> Access:
+        return self._authenticate_with(pick_headers(scope["headers"]).authorization)
+
+    def _authenticate_with(self, authorization: str | None) -> Access:
+        return authenticate(self.gateway.api_keys(), authorization)
+
+    def _route(self, model: str, access: Access) -> ModelRoute:
+        route = self.gateway.route(model)
+        if route is None or not access.may_reach(route):
+            raise errors.model_not_found(model)
+        return route
+
+    def _backend_failed(self, name: str, reason: str) -> None:
+        self.core.metrics.backend_failures.labels(name).inc()
+        log.warning("backend of %s failed: %s", name, reason)
+        try:
+            self.gateway.backend_failed(name, reason)
+        except Exception:
+            log.exception("gateway.backend_failed(%s) raised", name)
+
+
+def _error_event(status: int, body: bytes) -> bytes:
+    """A backend's error reply as one line of JSON: as it is when OpenAI-shaped, else wrapped."""
+    try:
+        parsed = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        parsed = None
+    if isinstance(parsed, dict) and "error" in parsed:
+        return msgspec.json.encode(parsed)  # compact: an SSE data line must not break
+    message = body.decode("utf-8", "replace").strip()[:500] or f"backend answered {status}"
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return ProxyError(status, message, kind, "backend_error").body()
+
+
+async def _no_receive() -> dict[str, object]:
+    return {"type": "http.disconnect"}
+
+
+async def _prefixed(held: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in held:
+        yield chunk
+    held.clear()
+    async for chunk in rest:
+        yield chunk
