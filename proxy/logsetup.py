@@ -55,6 +55,7 @@ def setup_logging(
     root.setLevel(level.upper() if isinstance(level, str) else level)
     # Our access log replaces uvicorn's (which knows neither model nor tokens).
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
     return handler
 
 

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import socket
 from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from proxy.logsetup import setup_logging
 from proxy.settings import ProxySettings
 
 from .controller import Controller
+from .schema import ProxySpec
 from .service import Service
 
 log = logging.getLogger("modelplane")
@@ -44,6 +44,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def proxy_settings(spec: ProxySpec) -> ProxySettings:
+    """The proxy's limits from the Node manifest."""
+    return ProxySettings(
+        max_body_bytes=spec.max_body_size,
+        max_queue=spec.max_queue,
+        queue_timeout=spec.queue_timeout,
+        loading_comment_interval=spec.loading_comment_interval,
+    )
 
 
 async def serve(
@@ -86,7 +96,7 @@ async def serve(
         finally:
             await service.stop()
 
-    app = create_app(service, settings, lifespan=[lifespan])
+    app = create_app(service, settings or proxy_settings(node.proxy), lifespan=[lifespan])
     config = uvicorn.Config(
         app,
         host=host,
@@ -98,17 +108,8 @@ async def serve(
         http="httptools" if _has("httptools") else "h11",
     )
     server = uvicorn.Server(config)
-    sock = _bind(host, port)
-    await server.serve(sockets=[sock])
+    await server.serve()
     return 0 if server.started else 1
-
-
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    return sock
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:

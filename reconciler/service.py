@@ -39,6 +39,7 @@ class Service:
         self.loop.on_change.append(self._rebuild_routes)
         self._routes: dict[str, ModelRoute] = {}  # by name and by alias
         self._route_list: list[ModelRoute] = []
+        self._created: dict[str, int] = {}  # when this process first saw each model
         self._records: list[RequestRecord] = []
         self._followers: set[asyncio.Queue[Event]] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,7 +85,7 @@ class Service:
                 max_concurrency=model.spec.max_concurrency,
                 startup_timeout=model.spec.startup_timeout,
                 endpoint=self.loop.ready.get(name),
-                created=int(self.loop.phases[name].since) if name in self.loop.phases else 0,
+                created=self._created.setdefault(name, int(time.time())),
                 labels=dict(model.labels),
             )
             listing.append(route)
