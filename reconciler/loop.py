@@ -291,7 +291,8 @@ class ReconcileLoop:
             return
         self.load_error = None
         errors = [str(e) for e in manifests.errors]
-        await store.replace_documents(i.stored() for i in manifests.in_force())
+        if desired.models or self.allow_empty:  # an emptied set must not wipe the last valid
+            await store.replace_documents(i.stored() for i in manifests.in_force())
         self.generation, new = await self.controller.record_generation(
             manifests, desired, "applied"
         )

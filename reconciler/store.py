@@ -282,9 +282,15 @@ class Store:
     async def update_generation(
         self, generation_id: int, outcome: str, summary: Mapping[str, Any] | None = None
     ) -> None:
+        """Set the outcome; ``summary`` keys are merged into what the generation recorded."""
+        async with self.db.execute(
+            "SELECT summary FROM generations WHERE id = ?", (generation_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        merged = {**(json.loads(row[0]) if row else {}), **(summary or {})}
         await self.db.execute(
             "UPDATE generations SET outcome = ?, summary = ? WHERE id = ?",
-            (outcome, json.dumps(summary or {}), generation_id),
+            (outcome, json.dumps(merged), generation_id),
         )
 
     # --- per-model state that outlives a process (failures) -----------------------------------
