@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-from collections.abc import AsyncIterator, Coroutine
+import signal
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -107,9 +108,21 @@ async def serve(
         timeout_graceful_shutdown=int(grace),
         http="httptools" if _has("httptools") else "h11",
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, server.handle_exit, sig, None)
     await server.serve()
     return 0 if server.started else 1
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a caught SIGTERM after its graceful shutdown, which would make the
+    process die of the signal; modelplane handles the signals itself and exits 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:

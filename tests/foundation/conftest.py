@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -19,68 +17,16 @@ from typing import Any
 import pytest
 
 from reconciler.controller import Controller
-from reconciler.runtimes.process import _proc_start
-
-REPO = Path(__file__).resolve().parents[2]
-FAKEBACKEND = REPO / "tests" / "fakebackend.py"
-
-
-# --- manifest text ------------------------------------------------------------------------------
-
-
-def doc(kind: str, name: str, spec: dict[str, Any] | None = None) -> str:
-    """One manifest document; ``spec`` is written as flow YAML (JSON is YAML) on one line."""
-    text = f"apiVersion: modelplane/v1\nkind: {kind}\nmetadata: {{name: {name}}}\n"
-    return text + (f"spec: {json.dumps(spec)}\n" if spec is not None else "")
-
-
-def model_doc(name: str, engine: str = "fake", **spec: Any) -> str:
-    """A Model on a local path source; keyword arguments are spec fields, camelCase."""
-    return doc(
-        "Model", name, {"source": {"path": f"/srv/models/{name}.gguf"}, "engine": engine, **spec}
-    )
-
-
-def fake_engine_doc(name: str = "fake", *extra: str, health_path: str = "/health") -> str:
-    """An Engine running tests/fakebackend.py; ``extra`` are more fake-backend options."""
-    command = [
-        "{python}",
-        str(FAKEBACKEND),
-        "--host",
-        "{host}",
-        "--port",
-        "{port}",
-        "--model-name",
-        "{name}",
-        *extra,
-    ]
-    return doc("Engine", name, {"command": command, "healthPath": health_path})
-
-
-def join(*docs: str) -> str:
-    return "---\n".join(docs)
-
-
-class ManifestDir:
-    """A directory of manifest files that a test writes, rewrites and removes."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    def write(self, relpath: str, *docs: str) -> Path:
-        """Write ``docs`` (joined with ``---``) to ``relpath``; plain text is dedented."""
-        path = self.root / relpath
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(join(*(textwrap.dedent(d) for d in docs)))
-        return path
-
-    def remove(self, relpath: str) -> None:
-        (self.root / relpath).unlink()
-
-    def path(self, relpath: str) -> str:
-        """How the loader shows this file in errors (the directory as given, then the file)."""
-        return str(self.root / relpath)
+from tests.helpers.manifests import (  # noqa: F401  (re-exported for the tests here)
+    FAKEBACKEND,
+    REPO,
+    ManifestDir,
+    doc,
+    fake_engine_doc,
+    join,
+    kill_recorded_backends,
+    model_doc,
+)
 
 
 @pytest.fixture
@@ -89,23 +35,6 @@ def manifests(tmp_path: Path) -> ManifestDir:
 
 
 # --- state and cleanup --------------------------------------------------------------------------
-
-
-def kill_recorded_backends(state_dir: Path) -> list[int]:
-    """SIGKILL the process group of every instance record under ``state_dir``; their pids."""
-    killed = []
-    for path in (state_dir / "instances").glob("*.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if _proc_start(record["pid"]) == record.get("proc_start"):
-            try:
-                os.killpg(record["pgid"], signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                continue
-            killed.append(record["pid"])
-    return killed
 
 
 @pytest.fixture
