@@ -25,6 +25,7 @@ from .controller import Controller, PassResult, PlanResult
 from .loader import ManifestError
 from .schema import json_schema
 from .units import format_duration
+from .weights.disk import format_bytes
 
 app = typer.Typer(
     name="modelplane",
@@ -103,6 +104,7 @@ def _plan_json(result: PlanResult) -> dict[str, Any]:
         "errors": [str(e) for e in result.manifests.errors],
         "refused": result.refused,
         "unavailable": result.unavailable,
+        "weightsProblems": result.weights_problems,
         "models": {
             name: {"specHash": m.spec_hash, "runtime": m.runtime, "pinned": m.pinned}
             for name, m in result.desired.models.items()
@@ -150,11 +152,13 @@ def plan_command(
             err.print(f"runtime {runtime} unavailable: {why}", markup=False)
         if result.refused:
             err.print(result.refused, markup=False)
+        for name, problem in result.weights_problems.items():
+            err.print(f"{name}: weights unavailable: {problem}", markup=False)
         if result.actions:
             out.print(_actions_table(result))
         elif not result.refused:
             out.print("no changes: everything is as the manifests say")
-    if result.manifests.errors or result.refused:
+    if result.manifests.errors or result.refused or result.weights_problems:
         raise typer.Exit(1)
     raise typer.Exit(2 if result.actions else 0)
 
@@ -166,10 +170,13 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
     Exit 0: converged; 1: something failed (with the reason).
     """
 
+    from .weights_cli import DownloadBars
+
     async def go() -> PassResult:
         controller = await _controller(directory)
         try:
-            return await controller.apply(allow_empty=allow_empty)
+            with DownloadBars(err) as bars:
+                return await controller.apply(allow_empty=allow_empty, on_progress=bars.update)
         finally:
             await controller.close()
 
@@ -186,6 +193,8 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
         err.print(f"runtime {runtime} unavailable: {why}", markup=False)
     if result.refused:
         err.print(result.refused, markup=False)
+    for name, problem in result.weights_problems.items():
+        err.print(f"FAIL  {name}: weights unavailable: {problem}", markup=False)
     for outcome in result.outcomes:
         if outcome.ok:
             where = f" → {outcome.instance.endpoint}" if outcome.instance else ""
@@ -234,7 +243,7 @@ def down(directory: DirOption = Path(DEFAULT_DIR)) -> None:
         controller = await _controller(directory)
         try:
             try:
-                _, desired = await controller.load()
+                _, desired = await controller.load(online=False)
                 names = {"process", desired.node.runtime}
                 names |= {m.runtime for m in desired.models.values()}
             except FileNotFoundError:
@@ -284,13 +293,23 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
         sys.stdout.write(json.dumps({"models": [r.as_dict() for r in rows]}, indent=2) + "\n")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("MODEL", "PHASE", "SYNC", "RUNTIME", "ENDPOINT", "IDLE", "REASON"):
+    columns = ("MODEL", "PHASE", "SYNC", "RUNTIME", "ENDPOINT", "IDLE", "REVISION", "SIZE")
+    for column in (*columns, "QUANT", "REASON"):
         table.add_column(column, overflow="fold")
     for row in rows:
         idle = format_duration(row.idle_for) if row.idle_for is not None else "-"
         name = row.name + (" (pinned)" if row.pinned else "")
         table.add_row(
-            name, row.phase, row.sync, row.runtime, row.endpoint or "-", idle, row.reason or ""
+            name,
+            row.phase,
+            row.sync,
+            row.runtime,
+            row.endpoint or "-",
+            idle,
+            (row.revision or "-")[:12],
+            format_bytes(row.size) if row.size is not None else "-",
+            row.quantization or "-",
+            row.reason or "",
         )
     out.print(table)
 
@@ -340,7 +359,7 @@ def logs(
     async def go() -> str:
         controller = await _controller(directory)
         try:
-            _, desired = await controller.load()
+            _, desired = await controller.load(online=False)
             runtime = desired.models[model].runtime if model in desired.models else "process"
             return await controller.runtimes.get(runtime).logs(model, lines)
         finally:
@@ -426,6 +445,37 @@ def gpus(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False) 
         sys.stdout.write(json.dumps(inventory_json(inventory), indent=2) + "\n")
         return
     out.print(gpu_table(inventory, reserve=node.vram_reserve))
+
+
+@app.command()
+def gc(
+    directory: DirArg = Path(DEFAULT_DIR),
+    yes: Annotated[bool, typer.Option("--yes", help="Delete them (else only list them).")] = False,
+    allow_empty: AllowEmpty = False,
+) -> None:
+    """List cached revisions no manifest or running model uses, with sizes; delete with --yes."""
+    from .weights_cli import gc_command
+
+    raise typer.Exit(_run(gc_command(directory, yes, allow_empty, out, err)))
+
+
+@app.command()
+def mirror(
+    directory: DirOption = Path(DEFAULT_DIR),
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT; loopback unless told otherwise (port 0: any free).")
+    ] = "127.0.0.1:8401",
+    token_file: Annotated[
+        Path | None, typer.Option(help="Require this bearer token (a file holding it).")
+    ] = None,
+) -> None:
+    """Serve this box's weights cache as a Hugging Face endpoint for air-gapped boxes (read-only).
+
+    On the other box: HF_ENDPOINT=http://THIS-BOX:8401 modelplane run ...
+    """
+    from .weights_cli import mirror_command
+
+    raise typer.Exit(mirror_command(directory, listen, token_file, out, err))
 
 
 @app.command("hash-key")

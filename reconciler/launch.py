@@ -46,7 +46,7 @@ def launch_spec(
         network=container.network if container else "host",
         image_pull=model.spec.image_pull or model.engine.image_pull,
     )
-    mounts = (model_dir,) if model.spec.source.path or resolved_path else ()
+    mounts = (_mount_of(model_dir),) if model.spec.source.path or resolved_path else ()
     return LaunchSpec(
         model=model.name,
         spec_hash=model.spec_hash,
@@ -62,3 +62,14 @@ def launch_spec(
         mounts=mounts,
         container=options,
     )
+
+
+def _mount_of(model_dir: str) -> str:
+    """What a container mounts to see the model: a hub snapshot's files are symlinks into the
+    repo's ``blobs/``, so the whole ``models--org--name`` folder; anything else as it is."""
+    path = Path(model_dir)
+    for folder in (path, *path.parents):
+        inside = path.relative_to(folder).parts
+        if folder.name.startswith("models--") and inside[:1] == ("snapshots",):
+            return str(folder)
+    return model_dir

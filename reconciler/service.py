@@ -19,7 +19,7 @@ from proxy.gateway import PRIORITIES, ApiKey, ModelRoute, Refused, RequestRecord
 
 from .activity import ActivityTracker
 from .controller import Controller
-from .loop import ReconcileLoop, WakeFailed, WakeUnschedulable
+from .loop import ReconcileLoop, WakeFailed, WakeUnschedulable, WeightsUnavailable
 from .planner import Action
 from .status import model_statuses
 from .store import Event, ModelState
@@ -50,6 +50,7 @@ class Service:
     async def start(self) -> None:
         """Continue idle clocks from the database, run the first pass, start the loop."""
         self.activity.last_used.update(await self.controller.store.last_used())
+        await self.controller.weights.forget_interrupted()
         self._tasks = [
             asyncio.create_task(self.loop.run(), name="reconcile loop"),
             asyncio.create_task(self.loop.watch(), name="manifest watcher"),
@@ -120,6 +121,10 @@ class Service:
             )
         try:
             return await self.loop.wake(model, spec.startup_timeout)
+        except WeightsUnavailable as exc:
+            phase = self.loop.phases.get(model)
+            retry = max(1.0, (phase.retry_at or 0) - time.time()) if phase else 30.0
+            raise Unavailable(f"{model}: weights unavailable: {exc}", 503, retry) from None
         except WakeFailed as exc:
             phase = self.loop.phases.get(model)
             retry = max(1.0, (phase.retry_at or time.time()) - time.time()) if phase else 5.0
@@ -127,6 +132,10 @@ class Service:
         except WakeUnschedulable as exc:
             raise Unavailable(f"{model} cannot be placed: {exc}", 503, 30.0) from None
         except TimeoutError:
+            if model in self.loop.downloads:
+                raise Unavailable(
+                    f"{model} is still downloading its weights; retry later", 503, 30.0
+                ) from None
             raise Unavailable(
                 f"{model} did not become ready within {spec.startup_timeout:.0f}s (startupTimeout)",
                 503,
@@ -183,8 +192,15 @@ class Service:
             if p.name in ("Failed", "Unschedulable", "Starting", "Draining", "Downloading")
         }
         health = {name: True for name in self.loop.ready}
+        weights = await self.controller.weights.info(desired, set(self.loop.downloads))
         rows = model_statuses(
-            desired, self.loop.actual, states, self.activity.snapshot(), health, time.time()
+            desired,
+            self.loop.actual,
+            states,
+            self.activity.snapshot(),
+            health,
+            time.time(),
+            weights,
         )
         models = []
         for row in rows:
