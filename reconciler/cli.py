@@ -24,8 +24,7 @@ from . import manifests as manifest_sets
 from .controller import Controller, PassResult, PlanResult
 from .loader import ManifestError
 from .schema import json_schema
-from .units import format_duration
-from .weights.disk import format_bytes
+from .units import format_duration, format_size
 
 app = typer.Typer(
     name="modelplane",
@@ -307,7 +306,7 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
             row.endpoint or "-",
             idle,
             (row.revision or "-")[:12],
-            format_bytes(row.size) if row.size is not None else "-",
+            format_size(row.size) if row.size is not None else "-",
             row.quantization or "-",
             row.reason or "",
         )

@@ -28,7 +28,7 @@ import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import paths
 from .desired import Desired, DesiredModel
@@ -38,28 +38,19 @@ from .planner import Action
 from .runtimes.base import Instance
 from .schema import HuggingFaceSource, ModelDoc, NodeSpec
 from .store import Store
-from .weights import (
-    GcPlan,
-    HubSettings,
-    Progress,
-    Resolution,
-    Weights,
-    WeightsError,
-    check_snapshot,
-    format_bytes,
-    measure_progress,
-    model_path,
-    read_gguf_metadata,
-)
-from .weights.errors import TokenFileError, redact
-from .weights.layout import link_target, pointer_path
+from .units import format_size
 from .weights_plan import WeightsInfo, WeightsState
 from .weights_records import FileRecord, WeightsRecords
+
+# The weights package imports huggingface_hub, httpx and gguf (numpy): a second or more of start
+# time that every CLI command would pay. It is imported where a hub source needs it.
+if TYPE_CHECKING:
+    from .weights import GcPlan, Progress, Resolution, Weights
 
 log = logging.getLogger("modelplane.weights")
 
 SourceKey = tuple[str, str, tuple[str, ...] | None]  # (repo, revision as written, globs)
-ProgressListener = Callable[[str, Progress], None]  # (model, progress)
+ProgressListener = Callable[[str, "Progress"], None]  # (model, progress)
 
 
 def hub_sources(manifests: ManifestSet) -> dict[str, HuggingFaceSource]:
@@ -85,37 +76,53 @@ class WeightsManager:
         self.problems: dict[str, str] = {}  # model → why its revision cannot be resolved now
         self._known: dict[SourceKey, Resolution] = {}
         self._weights: Weights | None = None
-        self._shape: tuple[Path, int] | None = None
-        self.settings_error: str | None = None
-        self.configure(node or NodeSpec())
+        self._node = node or NodeSpec()
+        self._configured = False
+        self._settings_error: str | None = None
 
     # --- configuration ----------------------------------------------------------------------
 
     def configure(self, node: NodeSpec) -> None:
         """Follow the Node manifest (cacheDir, maxDownloads, hfTokenFile) and the environment
-        (HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN); called on every load."""
-        try:
-            settings = HubSettings.from_env(node.hf_token_file)
-            self.settings_error = None
-        except TokenFileError as err:
-            settings = HubSettings.from_env(environ={**os.environ, "HF_TOKEN": ""})
-            self.settings_error = str(err)
-        shape = (paths.hub_cache(node), node.max_downloads)
-        if self._weights is None or shape != self._shape:
-            # downloads under way in the previous cache finish there; new ones go here
-            self._weights = Weights(shape[0], settings, max_downloads=shape[1])
-            self._shape = shape
-        else:
-            self._weights.settings = settings
+        (HF_ENDPOINT, HF_HUB_OFFLINE, HF_TOKEN); called on every load, applied on next use."""
+        self._node = node
+        self._configured = False
 
     @property
     def weights(self) -> Weights:
+        if not self._configured:
+            self._apply()
         assert self._weights is not None
         return self._weights
 
     @property
+    def settings_error(self) -> str | None:
+        """Why the hub settings cannot be read (an unreadable ``hfTokenFile``), if they cannot."""
+        _ = self.weights
+        return self._settings_error
+
+    def _apply(self) -> None:
+        from .weights import HubSettings, TokenFileError, Weights
+
+        node = self._node
+        try:
+            settings = HubSettings.from_env(node.hf_token_file)
+            self._settings_error = None
+        except TokenFileError as err:
+            settings = HubSettings.from_env(environ={**os.environ, "HF_TOKEN": ""})
+            self._settings_error = str(err)
+        cache, slots = paths.hub_cache(node), node.max_downloads
+        current = self._weights
+        if current is None or current.cache_dir != cache or current.max_downloads != slots:
+            # downloads under way with the previous settings finish there; new ones go here
+            self._weights = Weights(cache, settings, max_downloads=slots)
+        else:
+            current.settings = settings
+        self._configured = True
+
+    @property
     def cache_dir(self) -> Path:
-        return self.weights.cache_dir
+        return paths.hub_cache(self._node)
 
     # --- resolution -------------------------------------------------------------------------
 
@@ -157,8 +164,8 @@ class WeightsManager:
             return known, self.settings_error, None
         try:
             resolution = await self.weights.resolve(repo, revision, globs)
-        except WeightsError as err:
-            reason = redact(str(err), self.weights.settings.token)
+        except Exception as err:
+            reason = _reason(err, self.weights)
             log.warning("cannot resolve %s@%s: %s", repo, revision, reason)
             return known, reason, None
         moved = None
@@ -182,6 +189,8 @@ class WeightsManager:
         commit = model.effective["source"]["huggingface"].get("revision")
         if resolution is None or resolution.commit != commit:
             return None
+        from .weights import model_path
+
         return str(model_path(self.cache_dir, resolution))
 
     # --- the state of the cache, for the gate -----------------------------------------------
@@ -225,17 +234,11 @@ class WeightsManager:
         listener = (lambda p: on_progress(name, p)) if on_progress else None
         try:
             result = await self.weights.ensure(resolution, listener, rehash=rehash)
-        except WeightsError as err:
-            reason = redact(str(err), self.weights.settings.token)
+        except Exception as err:
+            reason = _reason(err, self.weights)
             await self.store.set_model_state(name, "Failed", reason)
             await self.store.add_event("Failed", f"download of {what}: {reason}", name)
-            return Outcome(action, False, reason, permanent=not err.retryable)
-        except Exception as exc:  # a bug or an unexpected library error: retried with backoff
-            log.exception("download of %s failed", what)
-            reason = redact(f"{type(exc).__name__}: {exc}", self.weights.settings.token)
-            await self.store.set_model_state(name, "Failed", reason)
-            await self.store.add_event("Failed", f"download of {what}: {reason}", name)
-            return Outcome(action, False, reason)
+            return Outcome(action, False, reason, permanent=not getattr(err, "retryable", True))
         headers = await asyncio.to_thread(gguf_headers, self.cache_dir, resolution)
         verified = await asyncio.to_thread(fingerprints, self.cache_dir, resolution)
         await self.records.save_verified(resolution, verified, headers)
@@ -291,6 +294,8 @@ class WeightsManager:
             header = records[main].gguf if main in records else None
             done = total = None
             if name in downloading:
+                from .weights import measure_progress
+
                 progress = (
                     self.progress(name)
                     if live
@@ -327,10 +332,22 @@ class WeightsManager:
     async def gc(self, desired: Desired, actual: Iterable[Instance], delete: bool) -> GcPlan:
         plan = await self.weights.gc(self.in_use(desired, actual), delete=delete)
         if delete and plan.candidates:
-            freed = format_bytes(plan.reclaimable)
+            freed = format_size(plan.reclaimable)
             listing = ", ".join(f"{c.repo}@{c.commit[:12]}" for c in plan.candidates)
             await self.store.add_event("GarbageCollected", f"deleted {listing}; freed {freed}")
         return plan
+
+
+def _reason(err: BaseException, weights: Weights) -> str:
+    """One line for a phase and an event; the token redacted. A weights error's own message is
+    the reason; anything else (a bug, an unexpected library error) shows its type too."""
+    from .weights import WeightsError
+    from .weights.errors import redact
+
+    if isinstance(err, WeightsError):
+        return redact(str(err), weights.settings.token)
+    log.error("unexpected weights error", exc_info=err)
+    return redact(f"{type(err).__name__}: {err}", weights.settings.token)
 
 
 # --- blocking helpers (run in threads) ---------------------------------------------------------
@@ -340,6 +357,8 @@ def fingerprints(cache_dir: Path, resolution: Resolution) -> dict[str, str | Non
     """``size:mtime_ns:inode`` of each file's blob (``None``: missing). Any write to a blob
     changes its mtime, so a file whose fingerprint matches the one recorded at its last hash
     still holds the bytes that were verified."""
+    from .weights.layout import link_target, pointer_path
+
     out: dict[str, str | None] = {}
     for remote in resolution.files:
         blob = link_target(pointer_path(cache_dir, resolution.repo, resolution.commit, remote.path))
@@ -367,6 +386,8 @@ def inspect(
     problem: str | None,
 ) -> WeightsState:
     """Ready when every file is present with its size and unchanged since it was hashed."""
+    from .weights import check_snapshot
+
     check = check_snapshot(cache_dir, resolution, deep=False)
     current = fingerprints(cache_dir, resolution)
     ready = check.complete and _unchanged(current, records)
@@ -382,6 +403,9 @@ def inspect(
 
 def gguf_headers(cache_dir: Path, resolution: Resolution) -> dict[str, dict[str, Any]]:
     """The GGUF header of every ``.gguf`` file of a verified download."""
+    from .weights import read_gguf_metadata
+    from .weights.layout import pointer_path
+
     out = {}
     for remote in resolution.files:
         if not remote.path.endswith(".gguf"):
@@ -396,6 +420,8 @@ def gguf_headers(cache_dir: Path, resolution: Resolution) -> dict[str, dict[str,
 
 def _main_file(cache_dir: Path, resolution: Resolution) -> str | None:
     """The repo path of ``{model_path}`` when it is a file (``None`` for a folder)."""
+    from .weights import model_path
+
     main = model_path(cache_dir, resolution)
     snapshot = main
     while snapshot.parent.name != "snapshots" and snapshot != snapshot.parent:
@@ -423,6 +449,8 @@ def local_info(path: str) -> WeightsInfo:
 
 @lru_cache(maxsize=256)
 def _gguf_quant(path: str, mtime_ns: int) -> str | None:
+    from .weights import read_gguf_metadata
+
     try:
         return read_gguf_metadata(path).get("quantization")
     except (ValueError, OSError):

@@ -10,7 +10,7 @@ from .desired import Desired
 from .planner import Activity
 from .runtimes.base import Instance
 from .store import ModelState
-from .weights.disk import format_bytes
+from .units import format_size
 from .weights_plan import WeightsInfo
 
 
@@ -108,7 +108,7 @@ def _running_revision(inst: Instance | None) -> str | None:
 def _download_reason(done: int, total: int, why: str) -> str:
     """``12.0 MiB of 40.0 MiB (30%)``, then why it downloads."""
     share = f" ({100 * done // total}%)" if total else ""
-    figures = f"{format_bytes(done)} of {format_bytes(total)}{share}"
+    figures = f"{format_size(done)} of {format_size(total)}{share}"
     return f"{figures}: {why}" if why else figures
 
 

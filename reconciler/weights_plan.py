@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .desired import Desired
 from .planner import Action
-from .weights.disk import format_bytes
+from .units import format_size
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class WeightsState:
             return f"verify {where} before it starts"
         plural = "" if self.missing_files == 1 else "s"
         return (
-            f"fetch {self.missing_files} file{plural}, {format_bytes(self.missing_bytes)},"
+            f"fetch {self.missing_files} file{plural}, {format_size(self.missing_bytes)},"
             f" of {where}"
         )
 

@@ -14,10 +14,12 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .store import Store
-from .weights import Resolution
+
+if TYPE_CHECKING:  # the weights package imports huggingface_hub: only when hub sources exist
+    from .weights import Resolution
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class WeightsRecords:
             (repo, revision, globs_key(globs)),
         ) as cur:
             row = await cur.fetchone()
+        from .weights import Resolution
+
         return Resolution.from_dict(json.loads(row[0])) if row else None
 
     async def save_resolution(self, resolution: Resolution) -> None:

@@ -50,6 +50,7 @@ class Weights:
         self.settings = settings or HubSettings()  # replace it to apply a new token or endpoint
         self.margin = margin
         self.measure = measure
+        self.max_downloads = max_downloads
         self._slots = asyncio.Semaphore(max_downloads)
         self._jobs: dict[_Key, _Job] = {}
         self._cancel = threading.Event()

@@ -145,3 +145,20 @@ def test_a_branch_that_moves_upstream_is_downloaded_then_recreated_on_resync(
         kinds = [k for k, _ in messages]
         last_download = len(kinds) - 1 - kinds[::-1].index("Downloaded")
         assert any(k == "Starting" and "recreate m" in msg for k, msg in messages[last_download:])
+
+
+def test_stopping_the_service_mid_download_does_not_wait_for_the_hub(
+    box: Box, hub: MirrorServer, repos: HubRepos
+) -> None:
+    repos.commit("org/big", {"big.gguf": b"b" * 100_000})
+    hold = HoldBody("big.gguf", after_bytes=100)  # released only after the service has gone
+    hub.holds.append(hold)
+    box.write(hub_model("m", "org/big"))
+
+    with box.service() as svc:
+        svc.wait_phase("m", "Downloading")
+        assert hold.reached.wait(30)
+        code = svc.stop()  # SIGTERM; the helper kills after 30 s, which would read -9
+
+    assert code == 0, svc.log_text()[-3000:]
+    assert "still stalled on the hub" in svc.log_text()
