@@ -252,7 +252,7 @@ class WeightsManager:
             )
         lines = [line for line in result.events() if not line.startswith("re-fetched ")]
         summary = "; ".join(lines) or f"{len(resolution.files)} file(s) of {what} verified"
-        await self.store.add_event("Downloaded", f"{name}: {summary}", name)
+        await self.store.add_event("Downloaded", summary, name)
         return Outcome(action, True, summary)
 
     def close(self) -> None:
@@ -291,7 +291,13 @@ class WeightsManager:
                 continue
             records = await self.records.files(resolution.repo, resolution.commit)
             main = _main_file(self.cache_dir, resolution)
-            header = records[main].gguf if main in records else None
+            # a whole-repo source has no main file: its first GGUF (not a projector) stands in
+            headers = [
+                r.gguf
+                for path, r in sorted(records.items())
+                if r.gguf and not path.rsplit("/", 1)[-1].startswith("mmproj")
+            ]
+            header = records[main].gguf if main in records else (headers or [None])[0]
             done = total = None
             if name in downloading:
                 from .weights import measure_progress
