@@ -116,7 +116,7 @@ class Controller:
         result.generation = await self._generation(planned)
         if result.refused:
             await self.store.add_event("PruneRefused", result.refused)
-        elif planned.actions or planned.gpus.deferred:
+        else:  # (with nothing to do, it only forgets stale Unschedulable states)
             result.outcomes = await converge(
                 self,
                 planned.desired,

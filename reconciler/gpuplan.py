@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 SETTLE = 10.0  # seconds a start waits for evicted models' memory to show free in NVML
 POLL = 0.25
 STARTS = ("start", "recreate")
+UNSCHEDULABLE = "unschedulable: "  # how an apply's outcome message says so
 
 
 @dataclass
@@ -109,6 +110,24 @@ async def converge(
     generation: int,
 ) -> list[Outcome]:
     """Carry out a scheduled plan (``actions`` and ``state`` from :func:`schedule_into`)."""
+    outcomes = await _rounds(controller, desired, actions, state, activity, generation)
+    # A model an earlier apply could not place, and that this one did not try or placed,
+    # is Unschedulable no more.
+    failed = {o.action.model for o in outcomes if o.message.startswith(UNSCHEDULABLE)}
+    for name, remembered in (await controller.store.model_states()).items():
+        if remembered.phase == "Unschedulable" and name not in failed:
+            await controller.store.clear_model_state(name)
+    return outcomes
+
+
+async def _rounds(
+    controller: Controller,
+    desired: Desired,
+    actions: list[Action],
+    state: GpuState,
+    activity: Mapping[str, Activity],
+    generation: int,
+) -> list[Outcome]:
     executor = controller.executor
     outcomes: list[Outcome] = []
     rounds = len(state.deferred) + 1  # each round places at least one more start, or gives up
@@ -162,7 +181,7 @@ async def _unschedulable(
     action = next(a for a in deferred if a.model == name)
     await controller.store.set_model_state(name, "Unschedulable", reason)
     await controller.store.add_event("Unschedulable", f"{action}: {reason}", name)
-    return Outcome(action, False, f"unschedulable: {reason}")
+    return Outcome(action, False, f"{UNSCHEDULABLE}{reason}")
 
 
 # --- what plan shows ----------------------------------------------------------------------------

@@ -130,6 +130,26 @@ def test_apply_spreads_evicts_and_reports_pins_that_cannot_fit(
     rows = cli("status", "--dir", manifests.root, "--json").json()["models"]
     d = next(r for r in rows if r["name"] == "d")
     assert d["phase"] == "Unschedulable" and "d needs 1.0 GiB" in d["reason"]
+
+    # d unpinned: nothing to start, and the next apply forgets that d was Unschedulable.
+    manifests.write(
+        "models.yaml",
+        big,
+        model_doc("u", vram="4GiB", stayWarm="1h"),
+        w,
+        model_doc("c", vram="4GiB", pin=True),
+        model_doc("d", vram="1GiB"),
+    )
+    applied = cli("apply", manifests.root)
+    assert applied.code == 0, applied.output
+    rows = cli("status", "--dir", manifests.root, "--json").json()["models"]
+    assert {r["name"]: r["phase"] for r in rows} == {
+        "s": "Ready",
+        "u": "Asleep",
+        "w": "Ready",
+        "c": "Ready",
+        "d": "Asleep",
+    }
     assert cli("down", "--dir", manifests.root).code == 0
 
 
