@@ -19,6 +19,7 @@ from .desired import Desired, build_desired
 from .downloads import ProgressListener, WeightsManager
 from .executor import Executor, Outcome
 from .gitinfo import changes_between, git_info_async
+from .gpuplan import GpuState, converge, read_state, schedule_into
 from .manifests import ManifestSet
 from .planner import Action, Activity, PruneRefused, plan
 from .runtimes import RuntimeSet
@@ -38,6 +39,7 @@ class PlanResult:
     refused: str | None = None  # the prune guard's message
     unavailable: dict[str, str] = field(default_factory=dict)  # runtime → why it can't be listed
     weights_problems: dict[str, str] = field(default_factory=dict)  # model → why no weights
+    gpus: GpuState = field(default_factory=GpuState)  # inventory, estimates, the schedule
 
 
 @dataclass
@@ -111,13 +113,17 @@ class Controller:
         actual, unavailable = await self.observe(desired)
         result = PlanResult(manifests, desired, actual, unavailable=unavailable)
         activity = await self._activity(activity)
+        result.gpus = await read_state(desired, actual, activity, self.executor.resolve_path)
         try:
-            actions = plan(desired, actual, now or time.time(), activity, allow_empty=allow_empty)
+            planned = plan(desired, actual, now or time.time(), activity, allow_empty=allow_empty)
         except PruneRefused as exc:
             result.refused = str(exc)
-            return result
-        gated = gate_downloads(actions, desired, await self.weights.states(desired))
-        result.actions, result.weights_problems = gated.actions, gated.problems
+        else:
+            # no start before its weights are there; then where each start goes, and what must
+            # be evicted first
+            gated = gate_downloads(planned, desired, await self.weights.states(desired))
+            result.weights_problems = gated.problems
+            result.actions = schedule_into(result.gpus, gated.actions, desired, actual)
         return result
 
     async def apply(
@@ -135,15 +141,15 @@ class Controller:
             await self.store.set_model_state(name, "Failed", problem)
         if result.refused:
             await self.store.add_event("PruneRefused", result.refused)
-        elif planned.actions:
-            result.outcomes = await self._converge(
+        else:  # (with nothing to do, it only forgets stale Unschedulable states)
+            result.outcomes = await self._download_then_converge(
                 planned, result.generation, on_progress, activity, allow_empty
             )
         outcome = "refused" if result.refused else "failed" if result.failures else "ok"
         await self.store.update_generation(result.generation, outcome, _summary(result))
         return result
 
-    async def _converge(
+    async def _download_then_converge(
         self,
         planned: PlanResult,
         generation: int,
@@ -151,19 +157,20 @@ class Controller:
         activity: Mapping[str, Activity] | None,
         allow_empty: bool,
     ) -> list[Outcome]:
-        """Downloads first (at most ``Node.maxDownloads`` at once), then the other actions of a
-        plan made again: the starts that waited for their weights are in it now."""
+        """Downloads first (at most ``Node.maxDownloads`` at once), then the rest of a plan
+        made again: the starts that waited for their weights are in it now, placed on GPUs
+        with estimates that read the downloaded files."""
         downloads = [a for a in planned.actions if a.kind == "download"]
-        actions = [a for a in planned.actions if a.kind != "download"]
         outcomes = list(
             await asyncio.gather(*(self.weights.download(a, on_progress) for a in downloads))
         )
-        desired = planned.desired
         if any(o.ok for o in outcomes):
-            again = await self.plan(activity, allow_empty, online=False, persist=True)
-            actions = [a for a in again.actions if a.kind != "download"]
-            desired = again.desired
-        return outcomes + await self.executor.run(actions, desired, generation)
+            planned = await self.plan(activity, allow_empty, online=False, persist=True)
+        actions = [a for a in planned.actions if a.kind != "download"]
+        live = await self._activity(activity)
+        return outcomes + await converge(
+            self, planned.desired, actions, planned.gpus, live, generation
+        )
 
     async def status(self, activity: Mapping[str, Activity] | None = None) -> list[ModelStatus]:
         _, desired = await self.load(online=False)
@@ -183,6 +190,13 @@ class Controller:
             time.time(),
             await self.weights.info(desired, downloading, live=False),
         )
+
+    async def gpu_state(self, activity: Mapping[str, Activity] | None = None) -> GpuState:
+        """The GPU inventory with the claims of the backends that run (``status``)."""
+        _, desired = await self.load(online=False)
+        actual, _ = await self.observe(desired)
+        activity = await self._activity(activity)
+        return await read_state(desired, actual, activity, self.executor.resolve_path)
 
     async def _activity(self, activity: Mapping[str, Activity] | None) -> dict[str, Activity]:
         """Live activity from the proxy when it runs, else the idle clocks in the database."""

@@ -7,12 +7,12 @@ safetensors folder.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from .desired import DesiredModel
+from .desired import Desired, DesiredModel
 from .vram import CannotEstimate, Estimate, GgufInfo, estimate
-from .weights.gguf_meta import read_gguf_metadata
 
 
 def estimate_model(model: DesiredModel, path: str | None) -> Estimate | str:
@@ -37,8 +37,29 @@ def estimate_model(model: DesiredModel, path: str | None) -> Estimate | str:
         return str(exc)
 
 
+def estimate_all(
+    desired: Desired,
+    resolve_path: Callable[[DesiredModel], str | None],
+    only: Collection[str] | None = None,
+) -> dict[str, Estimate | str]:
+    """Every model's estimate (or those named in ``only``); blocking file I/O, so async code
+    runs it in a thread. ``resolve_path`` finds a hub source's file in the weights cache."""
+    return {
+        name: estimate_model(model, model.spec.source.path or resolve_path(model))
+        for name, model in desired.models.items()
+        if only is None or name in only
+    }
+
+
+def missing(estimates: Mapping[str, Estimate | str]) -> list[str]:
+    """Models without an estimate yet (weights not downloaded when last looked)."""
+    return [name for name, e in estimates.items() if not isinstance(e, Estimate)]
+
+
 @lru_cache(maxsize=256)
 def _gguf_info(path: str, mtime_ns: int, size: int) -> GgufInfo:
+    from .weights.gguf_meta import read_gguf_metadata  # huggingface_hub: only when needed
+
     meta = read_gguf_metadata(path)
     shards = int(meta.get("split_count") or 1)
     return GgufInfo.from_mapping(

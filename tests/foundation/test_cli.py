@@ -166,6 +166,7 @@ def test_plan_apply_adopt_status_events_logs(
         "PHASE",
         "SYNC",
         "RUNTIME",
+        "GPUS",
         "ENDPOINT",
         "IDLE",
         "REVISION",
