@@ -123,7 +123,7 @@ class Controller:
 
     async def status(self, activity: Mapping[str, Activity] | None = None) -> list[ModelStatus]:
         _, desired = await self.load()
-        actual, _ = await self.observe(desired)
+        actual, unavailable = await self.observe(desired)
         health = {}
         for inst in actual:
             if inst.state == "running":
@@ -135,6 +135,7 @@ class Controller:
             await self._activity(activity),
             health,
             time.time(),
+            unavailable,
         )
 
     async def _activity(self, activity: Mapping[str, Activity] | None) -> dict[str, Activity]:

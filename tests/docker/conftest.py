@@ -112,3 +112,13 @@ def fake_spec(model: str = "tiny", *args: str, **overrides: object) -> LaunchSpe
 def make_spec():
     """``make_spec(model, *fakebackend_args, **LaunchSpec_overrides)``."""
     return fake_spec
+
+
+@pytest.fixture
+def clean_docker(docker_daemon: DockerDaemon) -> Iterator[None]:
+    """After the test: the daemon running again, and no managed or test container left."""
+    yield
+    if docker_daemon.owned and not docker_daemon.running:
+        docker_daemon.start()
+    with contextlib.suppress(docker.errors.DockerException):
+        remove_test_leftovers(docker_daemon.client())
