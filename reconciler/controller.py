@@ -18,7 +18,8 @@ from .desired import Desired, build_desired
 from .executor import Executor, Outcome
 from .gitinfo import changes_between, git_info_async
 from .manifests import ManifestSet
-from .planner import Action, Activity, PruneRefused, plan
+from .planner import Action, Activity, PruneRefused, plan, unseen
+from .pull_events import PullEvents
 from .runtimes import RuntimeSet
 from .runtimes.base import Instance
 from .schema import NodeSpec
@@ -57,6 +58,7 @@ class Controller:
         self.manifest_dir = manifest_dir.absolute()
         self.store = store
         self.runtimes = runtimes
+        runtimes.on_pull = PullEvents(store.add_event)  # image pulls show in the event log
         self.executor = Executor(runtimes, store)
 
     @classmethod
@@ -99,6 +101,8 @@ class Controller:
             result.actions = plan(
                 desired, actual, now or time.time(), activity, allow_empty=allow_empty
             )
+            blind = unseen(desired, unavailable)
+            result.actions = [a for a in result.actions if a.model not in blind]
         except PruneRefused as exc:
             result.refused = str(exc)
         return result

@@ -30,7 +30,7 @@ from .eviction import RunningModel
 from .gpus import Inventory, node_gpus, observed_usage, read_inventory
 from .gputypes import Claim
 from .manifests import ManifestSet
-from .planner import Action, PruneRefused, plan
+from .planner import Action, PruneRefused, plan, unseen
 from .runtimes.backoff import CrashBackoff
 from .runtimes.base import Instance
 from .scheduler import instance_claims, schedule
@@ -257,12 +257,11 @@ class ReconcileLoop:
         backends still run is unknown, so they are not routed to and no action touches them
         (no phantom crash, no start against a dead daemon) until the runtime answers again."""
         assert self.desired is not None
-        blind = set()
+        blind = unseen(self.desired, self.unavailable)
         for name, model in self.desired.models.items():
             why = self.unavailable.get(model.runtime)
             phase = self.phases.get(name)
             if why is not None:
-                blind.add(name)
                 if name not in self.busy:
                     self.ready.pop(name, None)
                     self._set_phase(name, "Unknown", f"{model.runtime} runtime unavailable: {why}")

@@ -136,6 +136,10 @@ def container_kwargs(spec: LaunchSpec, port: int, bridge_network: str) -> dict[s
         "labels": labels,
         "environment": dict(spec.env),
         "init": True,  # PID 1 forwards SIGTERM and reaps zombies
+        # an image's own HEALTHCHECK probes its default port (llama.cpp: 8080), not the one
+        # modelplane assigned, and would mark a healthy backend "unhealthy"; modelplane probes
+        # health itself (extraArgs may set one anyway)
+        "healthcheck": {"test": ["NONE"]},
         "mounts": [Mount(path, path, type="bind", read_only=True) for path in spec.mounts],
     }
     if bridge:

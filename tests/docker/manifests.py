@@ -26,7 +26,9 @@ def docker_node(host: str, resync: str = "5m", **spec: Any) -> str:
     )
 
 
-def docker_engine(name: str = "fake", *extra: str, image: str = IMAGE) -> str:
+def docker_engine(
+    name: str = "fake", *extra: str, image: str = IMAGE, image_pull: str = "Never"
+) -> str:
     command = [
         "{python}",
         str(FAKEBACKEND),
@@ -40,7 +42,7 @@ def docker_engine(name: str = "fake", *extra: str, image: str = IMAGE) -> str:
         "{model_path}",
         *extra,
     ]
-    return doc("Engine", name, {"image": image, "imagePull": "Never", "command": command})
+    return doc("Engine", name, {"image": image, "imagePull": image_pull, "command": command})
 
 
 def docker_model(name: str, weights: Path, engine: str = "fake", **spec: Any) -> str:

@@ -21,6 +21,7 @@ import openai
 import pytest
 
 from tests.docker.manifests import docker_engine, docker_model, docker_node, weights_file
+from tests.docker.registry import Registry
 from tests.docker_env import IMAGE, TEST_LABEL, DockerDaemon
 from tests.helpers.manifests import ManifestDir
 from tests.helpers.service import (
@@ -47,9 +48,9 @@ class Box:
     def run(self, **kwargs: Any) -> ServiceProcess:
         return start_service(self.mdir.root, self.state, **kwargs)
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def cli(self, *args: str | Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            modelplane_command(*args, "--dir", self.mdir.root),
+            modelplane_command(*args),
             env=service_env(self.state),
             capture_output=True,
             text=True,
@@ -133,6 +134,7 @@ def test_a_model_runs_in_a_labelled_container_with_its_settings(box, docker_clie
         assert labels["modelplane.model"] == "tiny" and labels["modelplane.generation"] == "1"
         assert len(labels["modelplane.spec-hash"]) == 12
         assert attrs["Config"]["Entrypoint"] == ["python3"]  # {python}: the image's python3
+        assert attrs["Config"]["Healthcheck"] == {"Test": ["NONE"]}  # modelplane probes itself
         host = attrs["HostConfig"]
         assert host["NetworkMode"] == "host"
         assert (host["ShmSize"], host["Memory"]) == (64 * 2**20, 256 * 2**20)
@@ -295,6 +297,25 @@ def test_image_pull_never_with_a_missing_image_fails_once_with_a_clear_reason(bo
         assert not managed(docker_client)
 
 
+def test_a_missing_image_is_pulled_with_events(box, docker_client):
+    with Registry() as registry:
+        image = f"{registry.host}/modelplane-test/tiny:1"
+        engine = docker_engine("remote", image=image, image_pull="IfNotPresent")
+        box.write(docker_model("tiny", box.weights, engine="remote"), engines=(engine,))
+        try:
+            with box.run() as svc:
+                # the pulled image holds no python3: the start itself fails, after the pull
+                svc.wait_phase("tiny", "Failed", timeout=60)
+                events = [(e["kind"], e["message"]) for e in svc.events("tiny")]
+        finally:
+            docker_client.images.remove(image, force=True)
+
+    kinds = [kind for kind, _ in events]
+    assert kinds[:4] == ["Starting", "Pulling", "Pulled", "Failed"]
+    assert events[1][1] == f"pulling image {image}"
+    assert events[2][1].startswith(f"pulled image {image} (1 layer(s), ")
+
+
 def test_daemon_down_is_reported_and_modelplane_recovers_when_it_returns(box, docker_client):
     if not box.daemon.owned:
         pytest.skip("the daemon is not ours to stop (MODELPLANE_TEST_DOCKER_HOST)")
@@ -308,7 +329,7 @@ def test_daemon_down_is_reported_and_modelplane_recovers_when_it_returns(box, do
         assert svc.request("GET", "/readyz")[0] == 503
         readyz = svc.request("GET", "/readyz")[1]
         entry = svc.model("tiny")
-        cli = box.cli("status", "--json")
+        cli = box.cli("status", "--json", "--dir", box.mdir.root)
         request_status, body = svc.request(
             "POST", "/v1/chat/completions", {"model": "tiny", "messages": []}
         )
@@ -321,6 +342,9 @@ def test_daemon_down_is_reported_and_modelplane_recovers_when_it_returns(box, do
         assert cli.returncode == 0, cli.stderr
         (row,) = json.loads(cli.stdout)["models"]
         assert row["phase"] == "Unknown" and unreachable in row["reason"]
+        plan = box.cli("plan", box.mdir.root)  # nothing can be seen, so nothing to do
+        assert plan.returncode == 0, plan.stdout + plan.stderr
+        assert f"runtime docker unavailable: {unreachable}" in plan.stderr
 
         box.daemon.start()
         svc.wait_ready(timeout=30)
@@ -352,7 +376,7 @@ def test_a_restarted_modelplane_adopts_the_container_and_down_removes_only_manag
     assert again["endpoint"] == first["endpoint"]
     assert managed(docker_client)["modelplane-tiny"].id == ident
 
-    down = box.cli("down")
+    down = box.cli("down", "--dir", box.mdir.root)
 
     assert down.returncode == 0, down.stderr
     assert f"stopped tiny (docker {ident})" in down.stdout

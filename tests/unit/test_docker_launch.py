@@ -7,6 +7,7 @@ from pathlib import Path
 from reconciler import manifests
 from reconciler.desired import build_desired
 from reconciler.launch import launch_spec, weights_mount
+from reconciler.planner import plan, unseen
 from reconciler.runtimes.base import ContainerOptions
 from reconciler.runtimes.docker import container_kwargs
 from reconciler.status import model_statuses
@@ -130,3 +131,17 @@ def test_models_on_an_unreachable_runtime_are_unknown_with_the_reason(tmp_path):
     assert rows["c"].reason == f"docker runtime unavailable: {why}"
     assert rows["c"].runtime == "docker"
     assert (rows["p"].phase, rows["p"].reason) == ("Asleep", "")
+
+
+def test_no_action_touches_models_on_an_unreachable_runtime(tmp_path):
+    docs = [
+        doc("Node", "box", {"runtime": "docker"}),
+        ENGINE,
+        doc("Model", "c", {"source": {"path": "/c.gguf"}, "engine": "py", "pin": True}),
+        doc("Model", "p", {"source": {"path": "/p.gguf"}, "engine": "py", "runtime": "process"}),
+    ]
+    desired = desired_from(tmp_path, *docs)
+
+    assert unseen(desired, {"docker": "down"}) == {"c"}
+    assert unseen(desired, {}) == set()
+    assert [a.model for a in plan(desired, [], 0.0)] == ["c"]  # what the filter removes
