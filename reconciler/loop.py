@@ -78,6 +78,7 @@ class ReconcileLoop:
         self.actual: list[Instance] = []
         self.unavailable: dict[str, str] = {}
         self.ready: dict[str, str] = {}  # model → endpoint of a healthy backend
+        self.broken: set[str] = set()  # taken out of ready by the proxy: did it crash?
         self.phases: dict[str, Phase] = {}
         self.busy: dict[str, asyncio.Task[None]] = {}
         self.backoff = CrashBackoff()
@@ -371,10 +372,13 @@ class ReconcileLoop:
         """Adopt healthy backends we did not start; forget ones that are gone."""
         running = {i.model: i for i in self.actual if i.managed and i.state == "running"}
         exited = {i.model: i for i in self.actual if i.managed and i.state == "exited"}
-        for name in list(self.ready):
+        for name in [*self.ready, *(self.broken - set(self.ready))]:
+            if name in self.busy:
+                self.broken.discard(name)  # an action under way decides what happens next
             if name in self.busy or name in running:
                 continue
-            del self.ready[name]
+            self.ready.pop(name, None)
+            self.broken.discard(name)
             gone = exited.get(name)
             reason = (gone.exit_reason if gone else None) or "backend is gone"
             uptime = time.time() - gone.started_at if gone and gone.started_at else None
@@ -385,6 +389,7 @@ class ReconcileLoop:
             if name in self.ready or name in self.busy or inst.endpoint is None:
                 continue
             if await self.controller.runtimes.get(inst.runtime).healthy(inst):
+                self.broken.discard(name)
                 self.ready[name] = inst.endpoint
                 self._set_phase(name, "Ready")
                 self._resolve(name, inst.endpoint)
@@ -564,4 +569,5 @@ class ReconcileLoop:
         """The proxy saw the backend break: stop routing to it and look at it now."""
         if self.ready.pop(name, None) is not None:
             self._set_phase(name, "Failed", reason)
+            self.broken.add(name)  # the next pass records a crash (and backs off) if it exited
         self.trigger()

@@ -256,9 +256,12 @@ def test_a_crash_loop_backs_off_shows_the_log_tail_and_resets_on_a_spec_change(b
         def tries() -> list[dict[str, Any]]:
             return [e for e in svc.events("tiny") if e["kind"] in ("Starting", "Failed")]
 
-        wait_for(lambda: len(tries()) >= 6, 60, "three failed starts", svc)
-        entry = svc.model("tiny")
-        assert entry["phase"] == "Failed" and "(failure 3)" in entry["reason"]
+        def third_failure() -> dict[str, Any] | None:
+            entry = svc.model("tiny")
+            return entry if "(failure 3)" in entry["reason"] else None
+
+        entry = wait_for(third_failure, 60, "three failed starts", svc)
+        assert entry["phase"] == "Failed" and entry["retryAt"] > time.time()
         starts = [e["time"] for e in tries() if e["kind"] == "Starting"]
         fails = [e["time"] for e in tries() if e["kind"] == "Failed"]
         # exponential: each retry waits at least twice as long as the one before (2 s, 4 s)
@@ -269,7 +272,7 @@ def test_a_crash_loop_backs_off_shows_the_log_tail_and_resets_on_a_spec_change(b
         assert status == 503 and "FATAL: failed to load model" in body["error"]["message"]
         assert not managed(docker_client)  # a failed start leaves no container behind
 
-        retry_at = svc.model("tiny")["retryAt"]
+        retry_at = entry["retryAt"]  # 8 s after the third failure
         box.write(docker_model("tiny", box.weights))  # fixed: a fresh start, no waiting
         ready = svc.wait_phase("tiny", "Ready", timeout=60)
         last_start = [e for e in svc.events("tiny") if e["kind"] == "Starting"][-1]
@@ -383,3 +386,22 @@ def test_a_restarted_modelplane_adopts_the_container_and_down_removes_only_manag
     assert not managed(docker_client)
     unlabelled.reload()
     assert unlabelled.status == "running"
+
+
+def test_a_backend_dying_during_a_request_is_a_crash_with_backoff(box, docker_client):
+    box.write(docker_model("tiny", box.weights, args=["--crash-after", "1", "--crash-mid-stream"]))
+    with box.run() as svc:
+        svc.wait_phase("tiny", "Ready", timeout=60)
+        first = managed(docker_client)["modelplane-tiny"].id
+
+        status, _ = svc.request("POST", "/v1/chat/completions", {"model": "tiny", "messages": []})
+
+        assert status == 502
+        crashed = wait_for(
+            lambda: [e for e in svc.events("tiny") if e["kind"] == "Crashed"], 30, "Crashed", svc
+        )
+        assert len(crashed) == 1 and crashed[0]["message"].startswith("exited with code 3")
+        failed = wait_for(lambda: svc.model("tiny")["retryAt"], 10, "a retry time", svc)
+        assert failed > crashed[0]["time"]  # backing off, not restarted at once
+        svc.wait_phase("tiny", "Ready", timeout=60)  # restarted after the backoff
+        assert managed(docker_client)["modelplane-tiny"].id != first
