@@ -21,7 +21,8 @@ from .executor import Executor, Outcome
 from .gitinfo import changes_between, git_info_async
 from .gpuplan import GpuState, converge, read_state, schedule_into
 from .manifests import ManifestSet
-from .planner import Action, Activity, PruneRefused, plan
+from .planner import Action, Activity, PruneRefused, plan, unseen
+from .pull_events import PullEvents
 from .runtimes import RuntimeSet
 from .runtimes.base import Instance
 from .schema import NodeSpec
@@ -68,6 +69,7 @@ class Controller:
         self.manifest_dir = manifest_dir.absolute()
         self.store = store
         self.runtimes = runtimes
+        runtimes.on_pull = PullEvents(store.add_event)  # image pulls show in the event log
         self.weights = WeightsManager(store)
         self.executor = Executor(runtimes, store, resolve_path=self.weights.resolved_path)
 
@@ -116,6 +118,8 @@ class Controller:
         result.gpus = await read_state(desired, actual, activity, self.executor.resolve_path)
         try:
             planned = plan(desired, actual, now or time.time(), activity, allow_empty=allow_empty)
+            blind = unseen(desired, unavailable)  # their runtime is down: what runs is unknown
+            planned = [a for a in planned if a.model not in blind]
         except PruneRefused as exc:
             result.refused = str(exc)
         else:
@@ -174,7 +178,7 @@ class Controller:
 
     async def status(self, activity: Mapping[str, Activity] | None = None) -> list[ModelStatus]:
         _, desired = await self.load(online=False)
-        actual, _ = await self.observe(desired)
+        actual, unavailable = await self.observe(desired)
         health = {}
         for inst in actual:
             if inst.state == "running":
@@ -188,7 +192,8 @@ class Controller:
             await self._activity(activity),
             health,
             time.time(),
-            await self.weights.info(desired, downloading, live=False),
+            unavailable,
+            weights=await self.weights.info(desired, downloading, live=False),
         )
 
     async def gpu_state(self, activity: Mapping[str, Activity] | None = None) -> GpuState:

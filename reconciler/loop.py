@@ -27,7 +27,7 @@ from .estimates import estimate_all, estimate_model, missing
 from .gpus import Inventory, node_gpus, read_inventory
 from .gputypes import Claim
 from .manifests import ManifestSet
-from .planner import Action, PruneRefused, plan
+from .planner import Action, PruneRefused, plan, unseen
 from .runtimes.backoff import CrashBackoff
 from .runtimes.base import Instance
 from .scheduler import holders, instance_claims, schedule
@@ -38,6 +38,7 @@ log = logging.getLogger("modelplane.loop")
 
 DEBOUNCE_MS = 300
 SETTLE = 10.0  # seconds a start waits for evicted models' memory to show free in NVML
+UNAVAILABLE_RECHECK = 2.0  # seconds between passes while a runtime (docker) is unreachable
 
 
 @dataclass
@@ -79,6 +80,7 @@ class ReconcileLoop:
         self.actual: list[Instance] = []
         self.unavailable: dict[str, str] = {}
         self.ready: dict[str, str] = {}  # model → endpoint of a healthy backend
+        self.broken: set[str] = set()  # taken out of ready by the proxy: did it crash?
         self.phases: dict[str, Phase] = {}
         self.busy: dict[str, asyncio.Task[None]] = {}
         self.downloads: dict[str, asyncio.Task[None]] = {}  # in the background, beside `busy`
@@ -150,6 +152,7 @@ class ReconcileLoop:
         """See a managed container exit at once (the daemon's event stream), not at resync."""
         from .runtimes.docker_events import ContainerEvents
 
+        await self.wait_first_pass()  # the manifests say whether docker is used at all
         while not self._stopping.is_set():
             desired = self.desired
             uses_docker = desired is not None and (
@@ -161,13 +164,22 @@ class ReconcileLoop:
                 continue
             assert desired is not None
             try:
-                async with ContainerEvents(desired.node.docker_host) as events:
+                # a lost stream (the daemon went away) and its return trigger a pass too
+                watch = ContainerEvents(desired.node.docker_host, on_connection=self._docker_link)
+                async with watch as events:
                     async for event in events:
                         log.info("container %s: %s", event.model, event.action)
                         self.trigger()
             except Exception as exc:  # the daemon went away: resync reports it; retry soon
                 log.warning("docker events unavailable: %s", exc)
                 await asyncio.sleep(2.0)
+
+    def _docker_link(self, connected: bool) -> None:
+        """The event stream was (re)subscribed or lost: a pass sees what happened meanwhile
+        (a container that died before the subscription, a daemon gone or back)."""
+        if not connected:
+            log.warning("docker event stream lost: checking the daemon")
+        self.trigger()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -196,6 +208,8 @@ class ReconcileLoop:
             retries.append(now + 0.5)  # evictions settling: NVML may show the memory free
         elif self.unschedulable_since:  # the end of a request or an action triggers a pass;
             retries.append(now + 2.0)  # this catches memory that others' processes freed
+        if self.unavailable:
+            retries.append(now + UNAVAILABLE_RECHECK)  # notice a daemon's return soon
         return min([deadline, *retries])
 
     def _started_at(self, name: str) -> float | None:
@@ -212,7 +226,10 @@ class ReconcileLoop:
                 await self._refresh_revisions()
             if self.desired is None:
                 return
+            before = self.unavailable
             self.actual, self.unavailable = await self.controller.observe(self.desired)
+            await self._note_runtimes(before)
+            blind = self._blind()
             self.inventory = await asyncio.to_thread(read_inventory, node_gpus(self.desired.node))
             if retry := missing(self.estimates):  # weights may have arrived since
                 resolve = self.controller.executor.resolve_path
@@ -234,12 +251,41 @@ class ReconcileLoop:
                 if self._refused != str(exc):
                     self._refused = str(exc)
                     await self.controller.store.add_event("PruneRefused", str(exc))
+            actions = [a for a in actions if a.model not in blind]  # unseen: nothing to do
             actions = await self._gate_downloads(actions, now)
             for action in await self._schedule(actions, now):
                 self.dispatch(action, now)
             self.passes += 1
             self._first_pass.set()
             self._changed()
+
+    async def _note_runtimes(self, before: dict[str, str]) -> None:
+        """An event when a runtime becomes unreachable, and when it answers again."""
+        store = self.controller.store
+        for name, why in self.unavailable.items():
+            if name not in before:
+                log.warning("%s runtime unavailable: %s", name, why)
+                await store.add_event("RuntimeUnavailable", f"{name}: {why}")
+        for name in set(before) - set(self.unavailable):
+            log.info("%s runtime available again", name)
+            await store.add_event("RuntimeAvailable", f"{name} answers again")
+
+    def _blind(self) -> set[str]:
+        """Models on a runtime that cannot be listed now (docker daemon down): whether their
+        backends still run is unknown, so they are not routed to and no action touches them
+        (no phantom crash, no start against a dead daemon) until the runtime answers again."""
+        assert self.desired is not None
+        blind = unseen(self.desired, self.unavailable)
+        for name, model in self.desired.models.items():
+            why = self.unavailable.get(model.runtime)
+            phase = self.phases.get(name)
+            if why is not None:
+                if name not in self.busy:
+                    self.ready.pop(name, None)
+                    self._set_phase(name, "Unknown", f"{model.runtime} runtime unavailable: {why}")
+            elif phase is not None and phase.name == "Unknown":
+                del self.phases[name]  # seen again: this pass finds out what runs
+        return blind
 
     async def _schedule(self, actions: list[Action], now: float) -> list[Action]:
         """Place starts on GPUs, plan evictions, and mark what cannot be placed."""
@@ -378,19 +424,24 @@ class ReconcileLoop:
         """Adopt healthy backends we did not start; forget ones that are gone."""
         running = {i.model: i for i in self.actual if i.managed and i.state == "running"}
         exited = {i.model: i for i in self.actual if i.managed and i.state == "exited"}
-        for name in list(self.ready):
+        for name in [*self.ready, *(self.broken - set(self.ready))]:
+            if name in self.busy:
+                self.broken.discard(name)  # an action under way decides what happens next
             if name in self.busy or name in running:
                 continue
-            del self.ready[name]
+            self.ready.pop(name, None)
+            self.broken.discard(name)
             gone = exited.get(name)
             reason = (gone.exit_reason if gone else None) or "backend is gone"
             uptime = time.time() - gone.started_at if gone and gone.started_at else None
             tail = await self._log_tail(gone) if gone else ""
+            await self.controller.store.add_event("Crashed", reason, name)
             self._record_failure(name, f"crashed: {reason}", tail, uptime=uptime)
         for name, inst in running.items():
             if name in self.ready or name in self.busy or inst.endpoint is None:
                 continue
             if await self.controller.runtimes.get(inst.runtime).healthy(inst):
+                self.broken.discard(name)
                 self.ready[name] = inst.endpoint
                 self._set_phase(name, "Ready")
                 self._resolve(name, inst.endpoint)
@@ -625,4 +676,5 @@ class ReconcileLoop:
         """The proxy saw the backend break: stop routing to it and look at it now."""
         if self.ready.pop(name, None) is not None:
             self._set_phase(name, "Failed", reason)
+            self.broken.add(name)  # the next pass records a crash (and backs off) if it exited
         self.trigger()
