@@ -92,6 +92,8 @@ class ReconcileLoop:
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._placed: dict[str, tuple[Claim, ...]] = {}
         self._wakeup = asyncio.Event()
+        self._pass_wanted = False
+        self._last_pass_at = 0.0  # the ``now`` of the last pass's plan
         self._reload = True
         self._pass_lock = asyncio.Lock()
         self._last_errors: list[str] = []
@@ -104,6 +106,12 @@ class ReconcileLoop:
     def trigger(self, reload: bool = False) -> None:
         """Ask for a pass soon (``reload``: re-read the manifests first)."""
         self._reload = self._reload or reload
+        self._pass_wanted = True
+        self._wakeup.set()
+
+    def rearm(self) -> None:
+        """Recompute when the next pass is due, without asking for one (a request ended, so a
+        stay-warm expiry may now be sooner than the deadline the loop sleeps towards)."""
         self._wakeup.set()
 
     async def wait_first_pass(self) -> None:
@@ -112,13 +120,22 @@ class ReconcileLoop:
     async def run(self) -> None:
         """Passes until :meth:`stop`: on a trigger, at the next resync or stay-warm expiry."""
         while not self._stopping.is_set():
+            self._pass_wanted = False
+            self._wakeup.clear()
             try:
                 await self.pass_once()
             except Exception:  # a pass must never kill the service; the next one retries
                 log.exception("reconcile pass failed")
+            await self._sleep_until_due()
+
+    async def _sleep_until_due(self) -> None:
+        """Until a trigger or the next deadline; a :meth:`rearm` only recomputes the deadline."""
+        while not (self._pass_wanted or self._stopping.is_set()):
             timeout = max(0.0, self._next_deadline() - time.time())
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                return
             self._wakeup.clear()
 
     async def watch(self) -> None:
@@ -179,10 +196,12 @@ class ReconcileLoop:
             return deadline
         for name in self.ready:
             model = self.desired.models.get(name)
-            if model is None or model.pinned or self.activity.busy(name):
+            if model is None or model.pinned or model.spec.suspend or self.activity.busy(name):
                 continue
             last = self.activity.last_used.get(name) or self._started_at(name) or now
-            deadline = min(deadline, last + model.spec.stay_warm + 0.05)
+            due = last + model.spec.stay_warm + 0.05
+            if due > self._last_pass_at:  # one due before the last pass was seen by it already
+                deadline = min(deadline, due)
         retries = [p.retry_at for p in self.phases.values() if p.retry_at and p.retry_at > now]
         if self.waiting_gpu or self.unschedulable_since:
             retries.append(now + 0.5)  # evictions settling, or a busy model may become free
@@ -203,7 +222,7 @@ class ReconcileLoop:
             self.actual, self.unavailable = await self.controller.observe(self.desired)
             self.inventory = await asyncio.to_thread(read_inventory, node_gpus(self.desired.node))
             await self._sync_ready()
-            now = time.time()
+            now = self._last_pass_at = time.time()
             try:
                 actions = plan(
                     self.desired,
@@ -339,6 +358,7 @@ class ReconcileLoop:
             if name in self.ready or name in self.busy or inst.endpoint is None:
                 continue
             if await self.controller.runtimes.get(inst.runtime).healthy(inst):
+                self.activity.wanted.discard(name)  # it runs: a wake's wish is fulfilled
                 self.ready[name] = inst.endpoint
                 self._set_phase(name, "Ready")
                 self._resolve(name, inst.endpoint)

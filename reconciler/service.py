@@ -144,6 +144,8 @@ class Service:
             model_spec = desired.models.get(model) if desired else None
             if model_spec is not None and model_spec.spec.stay_warm == 0:
                 self.loop.trigger()  # stayWarm 0: unload right after use
+            else:
+                self.loop.rearm()  # its stay-warm expiry counts from now
 
     def backend_failed(self, model: str, reason: str) -> None:
         log.warning("backend failed: %s: %s", model, reason)
