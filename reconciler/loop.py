@@ -90,6 +90,7 @@ class ReconcileLoop:
         self.passes = 0
         self.on_change: list[Callable[[], None]] = []  # called after each pass / phase change
         self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._suspect: dict[str, str] = {}  # model → endpoint the proxy saw break
         self._placed: dict[str, tuple[Claim, ...]] = {}
         self._wakeup = asyncio.Event()
         self._pass_wanted = False
@@ -203,8 +204,9 @@ class ReconcileLoop:
             if due > self._last_pass_at:  # one due before the last pass was seen by it already
                 deadline = min(deadline, due)
         retries = [p.retry_at for p in self.phases.values() if p.retry_at and p.retry_at > now]
-        if self.waiting_gpu or self.unschedulable_since:
-            retries.append(now + 0.5)  # evictions settling, or a busy model may become free
+        if self.waiting_gpu or self.unschedulable_since or self._suspect:
+            retries.append(now + 0.5)  # evictions settling, a busy model may become free,
+            # or a backend the proxy saw break is not gone yet
         return min([deadline, *retries])
 
     def _started_at(self, name: str) -> float | None:
@@ -349,13 +351,22 @@ class ReconcileLoop:
             if name in self.busy or name in running:
                 continue
             del self.ready[name]
-            gone = exited.get(name)
-            reason = (gone.exit_reason if gone else None) or "backend is gone"
-            uptime = time.time() - gone.started_at if gone and gone.started_at else None
-            tail = await self._log_tail(gone) if gone else ""
-            self._record_failure(name, f"crashed: {reason}", tail, uptime=uptime)
+            await self._crashed(name, exited.get(name))
+        for name, endpoint in list(self._suspect.items()):
+            if name in self.busy:
+                continue
+            inst = running.get(name)
+            if inst is None or inst.endpoint != endpoint:  # it died (or was replaced): a crash
+                del self._suspect[name]
+                if self.desired and name in self.desired.models:
+                    await self._crashed(name, exited.get(name))
+            elif await self.controller.runtimes.get(inst.runtime).healthy(inst):
+                del self._suspect[name]  # it only failed one request: the loop below adopts it
+            # else: still dying, or hung; look again soon (see _next_deadline)
         for name, inst in running.items():
-            if name in self.ready or name in self.busy or inst.endpoint is None:
+            if name in self.ready or name in self.busy or name in self._suspect:
+                continue
+            if inst.endpoint is None:
                 continue
             if await self.controller.runtimes.get(inst.runtime).healthy(inst):
                 self.activity.wanted.discard(name)  # it runs: a wake's wish is fulfilled
@@ -364,6 +375,13 @@ class ReconcileLoop:
                 self._resolve(name, inst.endpoint)
             else:
                 self._set_phase(name, "Starting", "health check not answering yet")
+
+    async def _crashed(self, name: str, gone: Instance | None) -> None:
+        """A backend that was serving is gone: count it for the crash backoff."""
+        reason = (gone.exit_reason if gone else None) or "backend is gone"
+        uptime = time.time() - gone.started_at if gone and gone.started_at else None
+        tail = await self._log_tail(gone) if gone else ""
+        self._record_failure(name, f"crashed: {reason}", tail, uptime=uptime)
 
     # --- actions ----------------------------------------------------------------------------
 
@@ -393,8 +411,9 @@ class ReconcileLoop:
         if action.kind in ("stop", "unload", "evict", "recreate") and not cleanup:
             self.ready.pop(name, None)
             self._set_phase(name, "Draining", action.cause)
-        else:
+        elif action.kind in ("start", "recreate"):
             self._set_phase(name, "Starting", action.cause)
+        # a stop that cleans up after a crash keeps the phase: Failed, with its retry time
         task = asyncio.create_task(self._run_action(action), name=f"action {action}")
         self.busy[name] = task
         return task
@@ -535,7 +554,10 @@ class ReconcileLoop:
         return bool(self.waiting_gpu or self.unschedulable_since)
 
     def backend_failed(self, name: str, reason: str) -> None:
-        """The proxy saw the backend break: stop routing to it and look at it now."""
-        if self.ready.pop(name, None) is not None:
+        """The proxy saw the backend break: stop routing to it and look at it now (the next
+        pass counts a dead one for the crash backoff, or routes to it again if it is healthy)."""
+        endpoint = self.ready.pop(name, None)
+        if endpoint is not None:
+            self._suspect[name] = endpoint
             self._set_phase(name, "Failed", reason)
         self.trigger()
