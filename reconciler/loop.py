@@ -203,10 +203,11 @@ class ReconcileLoop:
             due = last + model.spec.stay_warm + 0.05
             if due > self._last_pass_at:  # one due before the last pass was seen by it already
                 deadline = min(deadline, due)
+        if self._suspect:  # a backend the proxy saw break is not gone yet: look again soon
+            deadline = min(deadline, now + 0.5)
         retries = [p.retry_at for p in self.phases.values() if p.retry_at and p.retry_at > now]
-        if self.waiting_gpu or self.unschedulable_since or self._suspect:
-            retries.append(now + 0.5)  # evictions settling, a busy model may become free,
-            # or a backend the proxy saw break is not gone yet
+        if self.waiting_gpu or self.unschedulable_since:
+            retries.append(now + 0.5)  # evictions settling, or a busy model may become free
         return min([deadline, *retries])
 
     def _started_at(self, name: str) -> float | None:

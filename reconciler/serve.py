@@ -25,7 +25,6 @@ from proxy.logsetup import setup_logging
 from proxy.settings import ProxySettings
 
 from .controller import Controller
-from .gpu_collector import GpuCollector
 from .schema import ProxySpec
 from .service import Service
 
@@ -99,7 +98,6 @@ async def serve(
             await service.stop()
 
     app = create_app(service, settings or proxy_settings(node.proxy), lifespan=[lifespan])
-    app.state.proxy.metrics.registry.register(GpuCollector(service.loop))
     config = uvicorn.Config(
         app,
         host=host,

@@ -19,8 +19,6 @@ from proxy.gateway import PRIORITIES, ApiKey, ModelRoute, Refused, RequestRecord
 
 from .activity import ActivityTracker
 from .controller import Controller
-from .gpu_collector import held_claims
-from .gpus import inventory_json
 from .loop import ReconcileLoop, WakeFailed, WakeUnschedulable
 from .planner import Action
 from .status import model_statuses
@@ -203,7 +201,7 @@ class Service:
         return {
             "generation": self.loop.generation,
             "models": models,
-            "gpus": inventory_json(self.loop.inventory, held_claims(self.loop)),
+            "gpus": [],
             "errors": [str(e) for e in self.loop.manifests.errors] if self.loop.manifests else [],
             "runtimesUnavailable": self.loop.unavailable,
         }

@@ -1,7 +1,7 @@
 """Probes, metrics, events, the request log and JSON logs of a real ``modelplane run``.
 
-One service for the module (``--log-format json``), with a static GPU in the Node manifest so
-/api/status and /metrics have a GPU to show without NVML.
+One service for the module, logging with ``--log-format json``. (GPUs in /api/status and
+/metrics are tested with the GPU integration, tests/gpu_integration.)
 """
 
 from __future__ import annotations
@@ -19,18 +19,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.helpers.manifests import fake_engine_doc, model_doc
 from tests.service.conftest import Box, module_box, node_doc, wait_until
 
-GiB = 2**30
-
 
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
     docs = {
-        "node.yaml": node_doc(gpus=[{"index": 0, "memory": "24GiB"}]),
+        "node.yaml": node_doc(),
         "engine.yaml": fake_engine_doc("fake", "--token-delay", "0.01"),
         "models.yaml": "---\n".join(
             [
-                model_doc("m", gpus="none", stayWarm="10m"),
-                model_doc("other", gpus="none", stayWarm="10m"),
+                model_doc("m", stayWarm="10m"),
+                model_doc("other", stayWarm="10m"),
             ]
         ),
     }
@@ -98,18 +96,13 @@ def test_metrics_after_traffic(box: Box, traffic: list[tuple[str, int]]) -> None
     assert value(found, "modelplane_model_phase", model="m", phase="Ready") == 1
     assert value(found, "modelplane_model_phase", model="other", phase="Asleep") == 1
     assert value(found, "modelplane_model_phase", model="other", phase="Ready") == 0
-    assert value(found, "modelplane_gpu_memory_total_bytes", gpu="0") == 24 * GiB
-    assert value(found, "modelplane_gpu_memory_claimed_bytes", gpu="0") == 0
 
 
-def test_status_shows_models_and_gpus(box: Box, traffic: list[tuple[str, int]]) -> None:
+def test_status_shows_models(box: Box, traffic: list[tuple[str, int]]) -> None:
     status = box.svc.status()
     m = next(e for e in status["models"] if e["name"] == "m")
     assert m["phase"] == "Ready" and m["endpoint"].startswith("http://127.0.0.1:")
     assert m["in_flight"] == 0 and m["queued"] == 0 and m["idle_for"] >= 0
-    gpus = status["gpus"]
-    assert gpus["source"] == "static"
-    assert [(g["index"], g["total"], g["claims"]) for g in gpus["gpus"]] == [(0, 24 * GiB, [])]
 
 
 def test_a_request_log_row_per_request(box: Box, traffic: list[tuple[str, int]]) -> None:
