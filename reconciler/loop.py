@@ -95,6 +95,7 @@ class ReconcileLoop:
         self._wakeup = asyncio.Event()
         self._pass_wanted = False
         self._last_pass_at = 0.0  # the ``now`` of the last pass's plan
+        self._sleeping_until = 0.0  # when the loop wakes up for the next pass
         self._reload = True
         self._pass_lock = asyncio.Lock()
         self._last_errors: list[str] = []
@@ -110,10 +111,11 @@ class ReconcileLoop:
         self._pass_wanted = True
         self._wakeup.set()
 
-    def rearm(self) -> None:
-        """Recompute when the next pass is due, without asking for one (a request ended, so a
-        stay-warm expiry may now be sooner than the deadline the loop sleeps towards)."""
-        self._wakeup.set()
+    def rearm(self, due: float) -> None:
+        """A stay-warm expiry is now due at ``due`` (a request ended): make the loop wake up
+        then if it sleeps longer, without asking for a pass now."""
+        if due < self._sleeping_until:
+            self._wakeup.set()
 
     async def wait_first_pass(self) -> None:
         await self._first_pass.wait()
@@ -132,7 +134,8 @@ class ReconcileLoop:
     async def _sleep_until_due(self) -> None:
         """Until a trigger or the next deadline; a :meth:`rearm` only recomputes the deadline."""
         while not (self._pass_wanted or self._stopping.is_set()):
-            timeout = max(0.0, self._next_deadline() - time.time())
+            self._sleeping_until = self._next_deadline()
+            timeout = max(0.0, self._sleeping_until - time.time())
             try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             except TimeoutError:

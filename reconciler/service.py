@@ -144,8 +144,8 @@ class Service:
             model_spec = desired.models.get(model) if desired else None
             if model_spec is not None and model_spec.spec.stay_warm == 0:
                 self.loop.trigger()  # stayWarm 0: unload right after use
-            else:
-                self.loop.rearm()  # its stay-warm expiry counts from now
+            elif model_spec is not None and not model_spec.pinned:
+                self.loop.rearm(time.time() + model_spec.spec.stay_warm)  # idle from now
 
     def backend_failed(self, model: str, reason: str) -> None:
         log.warning("backend failed: %s: %s", model, reason)
