@@ -41,7 +41,8 @@ class Service:
         self._route_list: list[ModelRoute] = []
         self._created: dict[str, int] = {}  # when this process first saw each model
         self._records: list[RequestRecord] = []
-        self._followers: set[asyncio.Queue[Event]] = set()
+        self._followers: set[asyncio.Queue[Event | None]] = set()  # None: the stream ends
+        self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         controller.store.listeners.append(self._on_event)
 
@@ -211,13 +212,21 @@ class Service:
         return [e.as_dict() for e in found]
 
     async def follow_events(self) -> AsyncIterator[dict[str, Any]]:
-        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=1000)
         self._followers.add(queue)
         try:
-            while True:
-                yield (await queue.get()).as_dict()
+            while not self._closing and (event := await queue.get()) is not None:
+                yield event.as_dict()
         finally:
             self._followers.discard(queue)
+
+    def end_followers(self) -> None:
+        """End every ``/api/events?follow=1`` stream (shutdown: an open follower would
+        otherwise hold the graceful stop for its whole grace period)."""
+        self._closing = True
+        for queue in self._followers:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
 
     def _on_event(self, event: Event) -> None:
         for queue in self._followers:

@@ -6,10 +6,20 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+
+import httpx
 
 from tests.helpers.manifests import fake_engine_doc, model_doc
 from tests.service.conftest import MakeBox, node_doc
+
+
+def follow_events(url: str) -> None:
+    """Read /api/events?follow=1 until the server ends the stream."""
+    with httpx.stream("GET", url + "/api/events?follow=1", timeout=60) as reply:
+        for _ in reply.iter_lines():
+            pass
 
 
 def test_sigterm_drains_a_stream_and_the_next_run_adopts_the_backend(make_box: MakeBox) -> None:
@@ -20,11 +30,13 @@ def test_sigterm_drains_a_stream_and_the_next_run_adopts_the_backend(make_box: M
             "s.yaml": model_doc("s", stayWarm="10m"),
         }
     )
-    first = box.start()
+    first = box.start("--grace", "120")
     client = box.client()
     client.chat.completions.create(model="s", messages=[{"role": "user", "content": "wake"}])
     pid = box.backend("s").pid
     time.sleep(2)  # the start lies well before the end of the last request
+    follower = threading.Thread(target=follow_events, args=(first.url,))
+    follower.start()  # an endless stream must not hold up the stop
 
     stream = client.chat.completions.create(
         model="s", messages=[{"role": "user", "content": "x"}], stream=True, max_tokens=30
@@ -40,7 +52,9 @@ def test_sigterm_drains_a_stream_and_the_next_run_adopts_the_backend(make_box: M
             finish = chunk.choices[0].finish_reason
     ended = time.time()
     assert (tokens, finish) == (30, "length")
-    assert first.process.wait(30) == 0, first.log_text()
+    assert first.process.wait(30) == 0, first.log_text()  # well within its --grace 120
+    follower.join(5)
+    assert not follower.is_alive()
     os.kill(pid, 0)  # the backend still runs
 
     time.sleep(2)  # the idle clock keeps going while nothing runs
