@@ -27,6 +27,9 @@ from .store import Event, ModelState
 log = logging.getLogger("modelplane.service")
 
 FLUSH_INTERVAL = 1.0  # seconds between batched writes of the request log and idle clocks
+# A wake waits a little past startupTimeout, so that a start that times out ends it with its
+# own reason and log lines (502) rather than a bare 503.
+WAKE_SLACK = 5.0
 
 
 class Service:
@@ -120,7 +123,7 @@ class Service:
                 phase.retry_at - now,
             )
         try:
-            return await self.loop.wake(model, spec.startup_timeout)
+            return await self.loop.wake(model, spec.startup_timeout + WAKE_SLACK)
         except WakeFailed as exc:
             phase = self.loop.phases.get(model)
             retry = max(1.0, (phase.retry_at or time.time()) - time.time()) if phase else 5.0

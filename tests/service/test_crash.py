@@ -1,5 +1,6 @@
-"""A backend SIGKILLed in the middle of a stream: the client's stream ends with an error event,
-the model is Failed (crash backoff, ``Retry-After``), and a later request gets a new backend."""
+"""Backends that fail: one SIGKILLed in the middle of a stream (the client's stream ends with an
+error event, the model is Failed with a crash backoff and ``Retry-After``, a later request gets a
+new backend), one that exits at start, one that never gets healthy."""
 
 from __future__ import annotations
 
@@ -7,23 +8,47 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 
+import httpx
 import openai
 import pytest
 
 from tests.helpers.manifests import fake_engine_doc, model_doc
-from tests.service.conftest import MakeBox, node_doc, wait_until
+from tests.service.conftest import Box, module_box, node_doc, wait_until
 
 
-def test_a_backend_killed_mid_stream(make_box: MakeBox) -> None:
-    box = make_box(
-        {
-            "node.yaml": node_doc(resync="60s"),
-            "engine.yaml": fake_engine_doc("fake", "--token-delay", "0.2"),
-            "m.yaml": model_doc("m", stayWarm="10m"),
-        }
-    )
-    box.start()
+@pytest.fixture(scope="module")
+def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
+    docs = {
+        "node.yaml": node_doc(resync="60s"),
+        "engines.yaml": "---\n".join(
+            [
+                fake_engine_doc("fake", "--token-delay", "0.2"),
+                fake_engine_doc("dies", "--exit-immediately", "7"),
+                fake_engine_doc("sick", "--fail-health"),
+            ]
+        ),
+        "models.yaml": "---\n".join(
+            [
+                model_doc("m", stayWarm="10m"),
+                model_doc("dies", engine="dies"),
+                model_doc("sick", engine="sick", startupTimeout="2s"),
+            ]
+        ),
+    }
+    yield from module_box(tmp_path_factory, docs)
+
+
+def ask(box: Box, model: str) -> httpx.Response:
+    with box.http() as http:
+        return http.post(
+            "/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "again"}]},
+        )
+
+
+def test_a_backend_killed_mid_stream(box: Box) -> None:
     client = box.client()
     stream = client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": "hi"}], stream=True, max_tokens=100
@@ -47,11 +72,7 @@ def test_a_backend_killed_mid_stream(make_box: MakeBox) -> None:
         what="m Failed with a retry time",
     )
     assert re.search(r"killed by signal 9|process \d+ is gone", failed["reason"]), failed
-    with box.http() as http:
-        refused = http.post(
-            "/v1/chat/completions",
-            json={"model": "m", "messages": [{"role": "user", "content": "again"}]},
-        )
+    refused = ask(box, "m")
     assert refused.status_code == 503, refused.text
     retry_after = int(refused.headers["retry-after"])
     assert 1 <= retry_after <= 10
@@ -63,3 +84,26 @@ def test_a_backend_killed_mid_stream(make_box: MakeBox) -> None:
     assert box.backend("m").pid != killed
     kinds = [e["kind"] for e in box.events("m")]
     assert kinds.count("Started") == 2, kinds
+
+
+def test_a_backend_that_exits_at_start(box: Box) -> None:
+    failed = ask(box, "dies")
+    assert failed.status_code == 502, failed.text
+    message = failed.json()["error"]["message"]
+    assert "exited with code 7" in message
+    assert "simulated failure (--exit-immediately 7)" in message  # the backend's own log line
+    assert int(failed.headers["retry-after"]) >= 1
+    backing_off = ask(box, "dies")  # the same failure until the backoff has passed
+    assert backing_off.status_code == 503
+    assert "next start in" in backing_off.json()["error"]["message"]
+    assert box.svc.model("dies")["phase"] == "Failed"
+
+
+def test_a_backend_that_never_gets_healthy(box: Box) -> None:
+    failed = ask(box, "sick")
+    assert failed.status_code == 502, failed.text
+    message = failed.json()["error"]["message"]
+    assert "did not answer 200 within 2s (startupTimeout)" in message
+    assert "fakebackend: listening on" in message  # its log lines say it did start
+    entry = box.svc.model("sick")
+    assert entry["phase"] == "Failed" and entry["endpoint"] is None  # and it was stopped
