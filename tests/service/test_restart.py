@@ -15,9 +15,10 @@ from tests.helpers.manifests import fake_engine_doc, model_doc
 from tests.service.conftest import MakeBox, node_doc
 
 
-def follow_events(url: str) -> None:
+def follow_events(url: str, connected: threading.Event) -> None:
     """Read /api/events?follow=1 until the server ends the stream."""
     with httpx.stream("GET", url + "/api/events?follow=1", timeout=60) as reply:
+        connected.set()
         for _ in reply.iter_lines():
             pass
 
@@ -35,8 +36,10 @@ def test_sigterm_drains_a_stream_and_the_next_run_adopts_the_backend(make_box: M
     client.chat.completions.create(model="s", messages=[{"role": "user", "content": "wake"}])
     pid = box.backend("s").pid
     time.sleep(2)  # the start lies well before the end of the last request
-    follower = threading.Thread(target=follow_events, args=(first.url,))
+    connected = threading.Event()
+    follower = threading.Thread(target=follow_events, args=(first.url, connected))
     follower.start()  # an endless stream must not hold up the stop
+    assert connected.wait(10)
 
     stream = client.chat.completions.create(
         model="s", messages=[{"role": "user", "content": "x"}], stream=True, max_tokens=30
