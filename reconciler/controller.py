@@ -17,6 +17,7 @@ from . import paths
 from .desired import Desired, build_desired
 from .executor import Executor, Outcome
 from .gitinfo import changes_between, git_info_async
+from .gpuplan import GpuState, converge, read_state, schedule_into
 from .manifests import ManifestSet
 from .planner import Action, Activity, PruneRefused, plan
 from .runtimes import RuntimeSet
@@ -34,6 +35,7 @@ class PlanResult:
     actions: list[Action] = field(default_factory=list)
     refused: str | None = None  # the prune guard's message
     unavailable: dict[str, str] = field(default_factory=dict)  # runtime → why it can't be listed
+    gpus: GpuState = field(default_factory=GpuState)  # inventory, estimates, the schedule
 
 
 @dataclass
@@ -95,12 +97,13 @@ class Controller:
         actual, unavailable = await self.observe(desired)
         result = PlanResult(manifests, desired, actual, unavailable=unavailable)
         activity = await self._activity(activity)
+        result.gpus = await read_state(desired, actual, activity, self.executor.resolve_path)
         try:
-            result.actions = plan(
-                desired, actual, now or time.time(), activity, allow_empty=allow_empty
-            )
+            planned = plan(desired, actual, now or time.time(), activity, allow_empty=allow_empty)
         except PruneRefused as exc:
             result.refused = str(exc)
+        else:  # where each start goes, and what must be evicted first
+            result.actions = schedule_into(result.gpus, planned, desired, actual)
         return result
 
     async def apply(
@@ -113,9 +116,14 @@ class Controller:
         result.generation = await self._generation(planned)
         if result.refused:
             await self.store.add_event("PruneRefused", result.refused)
-        elif planned.actions:
-            result.outcomes = await self.executor.run(
-                planned.actions, planned.desired, result.generation
+        else:  # (with nothing to do, it only forgets stale Unschedulable states)
+            result.outcomes = await converge(
+                self,
+                planned.desired,
+                planned.actions,
+                planned.gpus,
+                await self._activity(activity),
+                result.generation,
             )
         outcome = "refused" if result.refused else "failed" if result.failures else "ok"
         await self.store.update_generation(result.generation, outcome, _summary(result))
@@ -136,6 +144,13 @@ class Controller:
             health,
             time.time(),
         )
+
+    async def gpu_state(self, activity: Mapping[str, Activity] | None = None) -> GpuState:
+        """The GPU inventory with the claims of the backends that run (``status``)."""
+        _, desired = await self.load()
+        actual, _ = await self.observe(desired)
+        activity = await self._activity(activity)
+        return await read_state(desired, actual, activity, self.executor.resolve_path)
 
     async def _activity(self, activity: Mapping[str, Activity] | None) -> dict[str, Activity]:
         """Live activity from the proxy when it runs, else the idle clocks in the database."""

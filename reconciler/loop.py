@@ -16,24 +16,21 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import watchfiles
-
-from proxy.gateway import PRIORITIES
 
 from .activity import ActivityTracker
 from .controller import Controller
 from .desired import Desired
-from .estimates import estimate_model
-from .eviction import RunningModel
-from .gpus import Inventory, node_gpus, observed_usage, read_inventory
+from .estimates import estimate_all, missing
+from .gpus import Inventory, node_gpus, read_inventory
 from .gputypes import Claim
 from .manifests import ManifestSet
 from .planner import Action, PruneRefused, plan
 from .runtimes.backoff import CrashBackoff
 from .runtimes.base import Instance
-from .scheduler import instance_claims, schedule
+from .scheduler import holders, instance_claims, schedule
 from .vram import Estimate
 
 log = logging.getLogger("modelplane.loop")
@@ -84,6 +81,7 @@ class ReconcileLoop:
         self.estimates: dict[str, Estimate | str] = {}
         self.claims: dict[str, tuple[Claim, ...]] = {}  # held by backends running or starting
         self.waiting_gpu: dict[str, str] = {}  # model → why its start waits for VRAM
+        self.evicting: set[str] = set()  # models being evicted now (draining or stopping)
         self.unschedulable_since: dict[str, float] = {}
         self.settle_until = 0.0
         self.unschedulable_wait = 300.0  # Node.proxy.queueTimeout
@@ -209,8 +207,10 @@ class ReconcileLoop:
         if self._suspect:  # a backend the proxy saw break is not gone yet: look again soon
             deadline = min(deadline, now + 0.5)
         retries = [p.retry_at for p in self.phases.values() if p.retry_at and p.retry_at > now]
-        if self.waiting_gpu or self.unschedulable_since:
-            retries.append(now + 0.5)  # evictions settling, or a busy model may become free
+        if self.waiting_gpu:
+            retries.append(now + 0.5)  # evictions settling: NVML may show the memory free
+        elif self.unschedulable_since:  # the end of a request or an action triggers a pass;
+            retries.append(now + 2.0)  # this catches memory that others' processes freed
         return min([deadline, *retries])
 
     def _started_at(self, name: str) -> float | None:
@@ -227,6 +227,10 @@ class ReconcileLoop:
                 return
             self.actual, self.unavailable = await self.controller.observe(self.desired)
             self.inventory = await asyncio.to_thread(read_inventory, node_gpus(self.desired.node))
+            if retry := missing(self.estimates):  # weights may have arrived since
+                resolve = self.controller.executor.resolve_path
+                found = await asyncio.to_thread(estimate_all, self.desired, resolve, retry)
+                self.estimates.update(found)
             await self._sync_ready()
             now = self._last_pass_at = time.time()
             try:
@@ -260,28 +264,20 @@ class ReconcileLoop:
         for name, inst in running.items():
             if name not in self.claims:
                 self.claims[name] = instance_claims(name, inst.gpus, self.estimates.get(name))
-        pids = {n: [int(i.ident)] for n, i in running.items() if i.runtime == "process"}
-        seen = observed_usage(self.inventory, pids)
-        claims = {
-            name: tuple(replace(c, observed=seen.get((name, c.gpu))) for c in held)
-            for name, held in self.claims.items()
-        }
-        candidates = []
-        for name, held in claims.items():
-            model = desired.models.get(name)
-            candidates.append(
-                RunningModel(
-                    name=name,
-                    claims=held,
-                    priority=PRIORITIES[model.spec.priority] if model else PRIORITIES["batch"],
-                    pinned=bool(model and model.pinned),
-                    in_flight=self.activity.in_flight.get(name, 0),
-                    last_used=self.activity.last_used.get(name)
-                    or (running[name].started_at if name in running else now),
-                    running=name in self.ready and name not in self.busy,
-                )
-            )
-        settling = frozenset(self.waiting_gpu) if now < self.settle_until else frozenset()
+        claims, candidates = holders(
+            desired,
+            self.actual,
+            self.claims,
+            self.estimates,
+            self.inventory,
+            self.activity.snapshot(),
+            now,
+            evictable={n for n in self.ready if n not in self.busy},
+        )
+        # While victims drain and stop, and briefly after (until NVML shows their memory
+        # free), the starts they make room for wait instead of evicting more.
+        settle = self.evicting or now < self.settle_until
+        settling = frozenset(self.waiting_gpu) if settle else frozenset()
         result = schedule(
             actions,
             desired,
@@ -298,8 +294,9 @@ class ReconcileLoop:
             self.unschedulable_since.pop(name, None)
             self._set_phase(name, "Starting", reason)
         for name, reason in result.unschedulable.items():
-            self.unschedulable_since.setdefault(name, now)
-            if self.phases.get(name, Phase("")).reason != reason:
+            # One event per episode: the reason's figures move with NVML's every pass.
+            if name not in self.unschedulable_since:
+                self.unschedulable_since[name] = now
                 await self.controller.store.add_event("Unschedulable", reason, name)
             self._set_phase(name, "Unschedulable", reason)
         for name in result.claims:
@@ -338,14 +335,8 @@ class ReconcileLoop:
             del self.phases[name]
         self.manifests, self.desired = manifests, desired
         self.unschedulable_wait = desired.node.proxy.queue_timeout
-        self.estimates = await asyncio.to_thread(self._estimate_all, desired)
-
-    def _estimate_all(self, desired: Desired) -> dict[str, Estimate | str]:
         resolve = self.controller.executor.resolve_path
-        return {
-            name: estimate_model(model, model.spec.source.path or resolve(model))
-            for name, model in desired.models.items()
-        }
+        self.estimates = await asyncio.to_thread(estimate_all, desired, resolve)
 
     async def _sync_ready(self) -> None:
         """Adopt healthy backends we did not start; forget ones that are gone."""
@@ -420,6 +411,8 @@ class ReconcileLoop:
         # a stop that cleans up after a crash keeps the phase: Failed, with its retry time
         task = asyncio.create_task(self._run_action(action), name=f"action {action}")
         self.busy[name] = task
+        if action.kind == "evict":
+            self.evicting.add(name)
         return task
 
     async def _run_action(self, action: Action) -> None:
@@ -459,6 +452,7 @@ class ReconcileLoop:
             self._record_failure(name, f"{type(exc).__name__}: {exc}")
         finally:
             self.busy.pop(name, None)
+            self.evicting.discard(name)
             self.trigger()
 
     def _record_failure(
@@ -525,6 +519,10 @@ class ReconcileLoop:
             since = self.unschedulable_since.get(name)
             if since is not None and time.time() - since >= self.unschedulable_wait:
                 phase = self.phases.get(name)
+                # Nobody waits any more: stop trying to place it (the phase keeps the reason;
+                # the next request tries again).
+                self.activity.wanted.discard(name)
+                self.unschedulable_since.pop(name, None)
                 raise WakeUnschedulable(phase.reason if phase else "cannot be placed")
 
     def _resolve(self, name: str, endpoint: str) -> None:

@@ -19,6 +19,8 @@ from proxy.gateway import PRIORITIES, ApiKey, ModelRoute, Refused, RequestRecord
 
 from .activity import ActivityTracker
 from .controller import Controller
+from .gpus import Inventory, inventory_json
+from .gputypes import Claim
 from .loop import ReconcileLoop, WakeFailed, WakeUnschedulable
 from .planner import Action
 from .status import model_statuses
@@ -179,10 +181,15 @@ class Service:
             return False, self.loop.load_error
         return True, "ok"
 
+    def gpu_snapshot(self) -> tuple[Inventory, list[Claim]]:
+        """The GPUs as of the last pass, and the claims of the models that run or start."""
+        return self.loop.inventory, [c for cs in self.loop.claims.values() for c in cs]
+
     async def status(self) -> dict[str, Any]:
         desired = self.loop.desired
+        gpus = inventory_json(*self.gpu_snapshot())
         if desired is None:
-            return {"models": [], "gpus": [], "error": self.loop.load_error}
+            return {"models": [], "gpus": gpus, "error": self.loop.load_error}
         states = {
             name: ModelState(name, p.name, p.reason, p.since, p.retry_at)
             for name, p in self.loop.phases.items()
@@ -205,7 +212,7 @@ class Service:
         return {
             "generation": self.loop.generation,
             "models": models,
-            "gpus": [],
+            "gpus": gpus,
             "errors": [str(e) for e in self.loop.manifests.errors] if self.loop.manifests else [],
             "runtimesUnavailable": self.loop.unavailable,
         }
