@@ -19,7 +19,8 @@ from .executor import Executor, Outcome
 from .gitinfo import changes_between, git_info_async
 from .gpuplan import GpuState, converge, read_state, schedule_into
 from .manifests import ManifestSet
-from .planner import Action, Activity, PruneRefused, plan
+from .planner import Action, Activity, PruneRefused, plan, unseen
+from .pull_events import PullEvents
 from .runtimes import RuntimeSet
 from .runtimes.base import Instance
 from .schema import NodeSpec
@@ -59,6 +60,7 @@ class Controller:
         self.manifest_dir = manifest_dir.absolute()
         self.store = store
         self.runtimes = runtimes
+        runtimes.on_pull = PullEvents(store.add_event)  # image pulls show in the event log
         self.executor = Executor(runtimes, store)
 
     @classmethod
@@ -100,6 +102,8 @@ class Controller:
         result.gpus = await read_state(desired, actual, activity, self.executor.resolve_path)
         try:
             planned = plan(desired, actual, now or time.time(), activity, allow_empty=allow_empty)
+            blind = unseen(desired, unavailable)  # their runtime is down: what runs is unknown
+            planned = [a for a in planned if a.model not in blind]
         except PruneRefused as exc:
             result.refused = str(exc)
         else:  # where each start goes, and what must be evicted first
@@ -131,7 +135,7 @@ class Controller:
 
     async def status(self, activity: Mapping[str, Activity] | None = None) -> list[ModelStatus]:
         _, desired = await self.load()
-        actual, _ = await self.observe(desired)
+        actual, unavailable = await self.observe(desired)
         health = {}
         for inst in actual:
             if inst.state == "running":
@@ -143,6 +147,7 @@ class Controller:
             await self._activity(activity),
             health,
             time.time(),
+            unavailable,
         )
 
     async def gpu_state(self, activity: Mapping[str, Activity] | None = None) -> GpuState:

@@ -27,7 +27,7 @@ from .estimates import estimate_all, missing
 from .gpus import Inventory, node_gpus, read_inventory
 from .gputypes import Claim
 from .manifests import ManifestSet
-from .planner import Action, PruneRefused, plan
+from .planner import Action, PruneRefused, plan, unseen
 from .runtimes.backoff import CrashBackoff
 from .runtimes.base import Instance
 from .scheduler import holders, instance_claims, schedule
@@ -37,6 +37,7 @@ log = logging.getLogger("modelplane.loop")
 
 DEBOUNCE_MS = 300
 SETTLE = 10.0  # seconds a start waits for evicted models' memory to show free in NVML
+UNAVAILABLE_RECHECK = 2.0  # seconds between passes while a runtime (docker) is unreachable
 
 
 @dataclass
@@ -74,6 +75,7 @@ class ReconcileLoop:
         self.actual: list[Instance] = []
         self.unavailable: dict[str, str] = {}
         self.ready: dict[str, str] = {}  # model → endpoint of a healthy backend
+        self.broken: set[str] = set()  # taken out of ready by the proxy: did it crash?
         self.phases: dict[str, Phase] = {}
         self.busy: dict[str, asyncio.Task[None]] = {}
         self.backoff = CrashBackoff()
@@ -88,7 +90,6 @@ class ReconcileLoop:
         self.passes = 0
         self.on_change: list[Callable[[], None]] = []  # called after each pass / phase change
         self._waiters: dict[str, asyncio.Future[str]] = {}
-        self._suspect: dict[str, str] = {}  # model → endpoint the proxy saw break
         self._placed: dict[str, tuple[Claim, ...]] = {}
         self._wakeup = asyncio.Event()
         self._pass_wanted = False
@@ -162,6 +163,7 @@ class ReconcileLoop:
         """See a managed container exit at once (the daemon's event stream), not at resync."""
         from .runtimes.docker_events import ContainerEvents
 
+        await self.wait_first_pass()  # the manifests say whether docker is used at all
         while not self._stopping.is_set():
             desired = self.desired
             uses_docker = desired is not None and (
@@ -173,13 +175,22 @@ class ReconcileLoop:
                 continue
             assert desired is not None
             try:
-                async with ContainerEvents(desired.node.docker_host) as events:
+                # a lost stream (the daemon went away) and its return trigger a pass too
+                watch = ContainerEvents(desired.node.docker_host, on_connection=self._docker_link)
+                async with watch as events:
                     async for event in events:
                         log.info("container %s: %s", event.model, event.action)
                         self.trigger()
             except Exception as exc:  # the daemon went away: resync reports it; retry soon
                 log.warning("docker events unavailable: %s", exc)
                 await asyncio.sleep(2.0)
+
+    def _docker_link(self, connected: bool) -> None:
+        """The event stream was (re)subscribed or lost: a pass sees what happened meanwhile
+        (a container that died before the subscription, a daemon gone or back)."""
+        if not connected:
+            log.warning("docker event stream lost: checking the daemon")
+        self.trigger()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -204,13 +215,15 @@ class ReconcileLoop:
             due = last + model.spec.stay_warm + 0.05
             if due > self._last_pass_at:  # one due before the last pass was seen by it already
                 deadline = min(deadline, due)
-        if self._suspect:  # a backend the proxy saw break is not gone yet: look again soon
+        if self.broken:  # a backend the proxy saw break is not gone yet: look again soon
             deadline = min(deadline, now + 0.5)
         retries = [p.retry_at for p in self.phases.values() if p.retry_at and p.retry_at > now]
         if self.waiting_gpu:
             retries.append(now + 0.5)  # evictions settling: NVML may show the memory free
         elif self.unschedulable_since:  # the end of a request or an action triggers a pass;
             retries.append(now + 2.0)  # this catches memory that others' processes freed
+        if self.unavailable:
+            retries.append(now + UNAVAILABLE_RECHECK)  # notice a daemon's return soon
         return min([deadline, *retries])
 
     def _started_at(self, name: str) -> float | None:
@@ -225,7 +238,10 @@ class ReconcileLoop:
                 await self._load()
             if self.desired is None:
                 return
+            before = self.unavailable
             self.actual, self.unavailable = await self.controller.observe(self.desired)
+            await self._note_runtimes(before)
+            blind = self._blind()
             self.inventory = await asyncio.to_thread(read_inventory, node_gpus(self.desired.node))
             if retry := missing(self.estimates):  # weights may have arrived since
                 resolve = self.controller.executor.resolve_path
@@ -247,11 +263,40 @@ class ReconcileLoop:
                 if self._refused != str(exc):
                     self._refused = str(exc)
                     await self.controller.store.add_event("PruneRefused", str(exc))
+            actions = [a for a in actions if a.model not in blind]  # unseen: nothing to do
             for action in await self._schedule(actions, now):
                 self.dispatch(action, now)
             self.passes += 1
             self._first_pass.set()
             self._changed()
+
+    async def _note_runtimes(self, before: dict[str, str]) -> None:
+        """An event when a runtime becomes unreachable, and when it answers again."""
+        store = self.controller.store
+        for name, why in self.unavailable.items():
+            if name not in before:
+                log.warning("%s runtime unavailable: %s", name, why)
+                await store.add_event("RuntimeUnavailable", f"{name}: {why}")
+        for name in set(before) - set(self.unavailable):
+            log.info("%s runtime available again", name)
+            await store.add_event("RuntimeAvailable", f"{name} answers again")
+
+    def _blind(self) -> set[str]:
+        """Models on a runtime that cannot be listed now (docker daemon down): whether their
+        backends still run is unknown, so they are not routed to and no action touches them
+        (no phantom crash, no start against a dead daemon) until the runtime answers again."""
+        assert self.desired is not None
+        blind = unseen(self.desired, self.unavailable)
+        for name, model in self.desired.models.items():
+            why = self.unavailable.get(model.runtime)
+            phase = self.phases.get(name)
+            if why is not None:
+                if name not in self.busy:
+                    self.ready.pop(name, None)
+                    self._set_phase(name, "Unknown", f"{model.runtime} runtime unavailable: {why}")
+            elif phase is not None and phase.name == "Unknown":
+                del self.phases[name]  # seen again: this pass finds out what runs
+        return blind
 
     async def _schedule(self, actions: list[Action], now: float) -> list[Action]:
         """Place starts on GPUs, plan evictions, and mark what cannot be placed."""
@@ -342,41 +387,30 @@ class ReconcileLoop:
         """Adopt healthy backends we did not start; forget ones that are gone."""
         running = {i.model: i for i in self.actual if i.managed and i.state == "running"}
         exited = {i.model: i for i in self.actual if i.managed and i.state == "exited"}
-        for name in list(self.ready):
+        for name in [*self.ready, *(self.broken - set(self.ready))]:
+            if name in self.busy:
+                self.broken.discard(name)  # an action under way decides what happens next
             if name in self.busy or name in running:
                 continue
-            del self.ready[name]
-            await self._crashed(name, exited.get(name))
-        for name, endpoint in list(self._suspect.items()):
-            if name in self.busy:
-                continue
-            inst = running.get(name)
-            if inst is None or inst.endpoint != endpoint:  # it died (or was replaced): a crash
-                del self._suspect[name]
-                if self.desired and name in self.desired.models:
-                    await self._crashed(name, exited.get(name))
-            elif await self.controller.runtimes.get(inst.runtime).healthy(inst):
-                del self._suspect[name]  # it only failed one request: the loop below adopts it
-            # else: still dying, or hung; look again soon (see _next_deadline)
+            self.ready.pop(name, None)
+            self.broken.discard(name)
+            gone = exited.get(name)
+            reason = (gone.exit_reason if gone else None) or "backend is gone"
+            uptime = time.time() - gone.started_at if gone and gone.started_at else None
+            tail = await self._log_tail(gone) if gone else ""
+            await self.controller.store.add_event("Crashed", reason, name)
+            self._record_failure(name, f"crashed: {reason}", tail, uptime=uptime)
         for name, inst in running.items():
-            if name in self.ready or name in self.busy or name in self._suspect:
-                continue
-            if inst.endpoint is None:
+            if name in self.ready or name in self.busy or inst.endpoint is None:
                 continue
             if await self.controller.runtimes.get(inst.runtime).healthy(inst):
                 self.activity.wanted.discard(name)  # it runs: a wake's wish is fulfilled
+                self.broken.discard(name)
                 self.ready[name] = inst.endpoint
                 self._set_phase(name, "Ready")
                 self._resolve(name, inst.endpoint)
-            else:
+            elif name not in self.broken:  # a broken one still running is dying (or hung)
                 self._set_phase(name, "Starting", "health check not answering yet")
-
-    async def _crashed(self, name: str, gone: Instance | None) -> None:
-        """A backend that was serving is gone: count it for the crash backoff."""
-        reason = (gone.exit_reason if gone else None) or "backend is gone"
-        uptime = time.time() - gone.started_at if gone and gone.started_at else None
-        tail = await self._log_tail(gone) if gone else ""
-        self._record_failure(name, f"crashed: {reason}", tail, uptime=uptime)
 
     # --- actions ----------------------------------------------------------------------------
 
@@ -556,10 +590,8 @@ class ReconcileLoop:
         return bool(self.waiting_gpu or self.unschedulable_since)
 
     def backend_failed(self, name: str, reason: str) -> None:
-        """The proxy saw the backend break: stop routing to it and look at it now (the next
-        pass counts a dead one for the crash backoff, or routes to it again if it is healthy)."""
-        endpoint = self.ready.pop(name, None)
-        if endpoint is not None:
-            self._suspect[name] = endpoint
+        """The proxy saw the backend break: stop routing to it and look at it now."""
+        if self.ready.pop(name, None) is not None:
             self._set_phase(name, "Failed", reason)
+            self.broken.add(name)  # the next pass records a crash (and backs off) if it exited
         self.trigger()

@@ -116,6 +116,12 @@ class Service:
         spec = desired.models[model].spec
         if spec.suspend:
             raise Unavailable(f"{model} is suspended and not running", retry_after=60)
+        down = self.loop.unavailable.get(desired.models[model].runtime)
+        if down is not None:
+            raise Unavailable(f"{model} cannot start: runtime unavailable: {down}", 503, 5.0)
+        failure = self.loop.backoff.get(model, desired.models[model].spec_hash)
+        if failure is not None and failure.permanent:  # retrying cannot help: say so at once
+            raise Unavailable(f"{model} failed: {failure.reason} (fix the manifest)", 503, 60.0)
         phase = self.loop.phases.get(model)
         now = time.time()
         if phase and phase.name == "Failed" and phase.retry_at and phase.retry_at > now:
@@ -197,7 +203,13 @@ class Service:
         }
         health = {name: True for name in self.loop.ready}
         rows = model_statuses(
-            desired, self.loop.actual, states, self.activity.snapshot(), health, time.time()
+            desired,
+            self.loop.actual,
+            states,
+            self.activity.snapshot(),
+            health,
+            time.time(),
+            self.loop.unavailable,
         )
         models = []
         for row in rows:
