@@ -245,7 +245,9 @@ class ReconcileLoop:
             self.inventory = await asyncio.to_thread(read_inventory, node_gpus(self.desired.node))
             if retry := missing(self.estimates):  # weights may have arrived since
                 resolve = self.controller.executor.resolve_path
-                found = await asyncio.to_thread(estimate_all, self.desired, resolve, retry)
+                found = await asyncio.to_thread(
+                    estimate_all, self.desired, resolve, retry, bool(self.inventory.gpus)
+                )
                 self.estimates.update(found)
             await self._sync_ready()
             now = self._last_pass_at = time.time()
@@ -381,7 +383,10 @@ class ReconcileLoop:
         self.manifests, self.desired = manifests, desired
         self.unschedulable_wait = desired.node.proxy.queue_timeout
         resolve = self.controller.executor.resolve_path
-        self.estimates = await asyncio.to_thread(estimate_all, desired, resolve)
+        self.inventory = await asyncio.to_thread(read_inventory, node_gpus(desired.node))
+        self.estimates = await asyncio.to_thread(
+            estimate_all, desired, resolve, None, bool(self.inventory.gpus)
+        )
 
     async def _sync_ready(self) -> None:
         """Adopt healthy backends we did not start; forget ones that are gone."""
