@@ -15,8 +15,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -113,6 +114,7 @@ async def serve(
         http="httptools" if _has("httptools") else "h11",
     )
     server = _Server(config)
+    server.on_exit = service.end_followers
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.handle_exit, sig, None)
@@ -122,11 +124,19 @@ async def serve(
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises a caught SIGTERM after its graceful shutdown, which would make the
-    process die of the signal; modelplane handles the signals itself and exits 0."""
+    process die of the signal; modelplane handles the signals itself and exits 0.
+    ``on_exit`` runs when the stop begins (to end streams that never end on their own)."""
+
+    on_exit: Callable[[], None] | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self.on_exit is not None:
+            self.on_exit()
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:
