@@ -133,6 +133,7 @@ def plan_command(
     async def go() -> PlanResult:
         controller = await _controller(directory)
         try:
+            await _pull(controller, fetch=False)
             return await controller.plan(allow_empty=allow_empty)
         finally:
             await controller.close()
@@ -167,10 +168,19 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
     """
 
     async def go() -> PassResult:
+        from .alerts import EventNotifications
+
         controller = await _controller(directory)
+        notifications = EventNotifications()
         try:
+            manifests, _ = await controller.load()
+            node_name = manifests.node_doc.name if manifests.node_doc else None
+            notifications.configure(manifests.node.notify, node_name)
+            controller.store.listeners.append(notifications.on_event)
+            await _pull(controller, fetch=True)
             return await controller.apply(allow_empty=allow_empty)
         finally:
+            await notifications.aclose()
             await controller.close()
 
     started = time.monotonic()
@@ -198,6 +208,17 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
         raise typer.Exit(1)
     what = f"{len(result.outcomes)} action(s)" if result.outcomes else "nothing to do"
     out.print(f"generation {result.generation}: converged, {what} ({took:.1f}s)")
+
+
+async def _pull(controller: Controller, fetch: bool) -> str | None:
+    """Pull mode (Node.git): ``apply`` fetches once, ``plan``/``status`` use what is checked out.
+    Prints and returns the warning, if any."""
+    from .pull import attach_for_cli
+
+    _, warning = await attach_for_cli(controller, fetch)
+    if warning:
+        err.print(f"warning: {warning}", markup=False, style="yellow")
+    return warning
 
 
 # --- run / down ------------------------------------------------------------------------------
@@ -268,20 +289,34 @@ def down(directory: DirOption = Path(DEFAULT_DIR)) -> None:
 def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False) -> None:
     """Models (phase, sync, endpoint, idle time) as the runtimes and the database see them."""
 
-    async def go() -> list[Any]:
+    from .applied import applied, applied_line, dirty_warning
+
+    async def go() -> tuple[list[Any], Any, list[str]]:
         controller = await _controller(directory)
         try:
-            return await controller.status()
+            from .pull import attach_for_cli
+
+            mode, warning = await attach_for_cli(controller, fetch=False)
+            rows = await controller.status()
+            generation = await controller.store.last_generation()
+            if mode is None:  # the work tree as it is now, not as it was applied
+                warning = dirty_warning(await controller.git_info())
+            return rows, generation, [warning] if warning else []
         finally:
             await controller.close()
 
     try:
-        rows = _run(go())
+        rows, generation, warnings = _run(go())
     except FileNotFoundError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(1) from None
     if as_json:
-        sys.stdout.write(json.dumps({"models": [r.as_dict() for r in rows]}, indent=2) + "\n")
+        body = {
+            "models": [r.as_dict() for r in rows],
+            "applied": applied(generation),
+            "warnings": warnings,
+        }
+        sys.stdout.write(json.dumps(body, indent=2) + "\n")
         return
     table = Table(box=None, pad_edge=False)
     for column in ("MODEL", "PHASE", "SYNC", "RUNTIME", "ENDPOINT", "IDLE", "REASON"):
@@ -289,10 +324,14 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
     for row in rows:
         idle = format_duration(row.idle_for) if row.idle_for is not None else "-"
         name = row.name + (" (pinned)" if row.pinned else "")
+        name += " (loaded by hand)" if row.override else ""
         table.add_row(
             name, row.phase, row.sync, row.runtime, row.endpoint or "-", idle, row.reason or ""
         )
     out.print(table)
+    out.print(applied_line(generation), markup=False)  # below: the table's header stays first
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False, style="yellow")
 
 
 @app.command()

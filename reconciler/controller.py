@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +16,16 @@ from . import manifests as manifest_sets
 from . import paths
 from .desired import Desired, build_desired
 from .executor import Executor, Outcome
-from .gitinfo import changes_between, git_info_async
+from .gitinfo import GitInfo, changes_between, git_info_async
+from .gitsync import Revision
 from .manifests import ManifestSet
+from .overrides import describe, ended, manifest_digests
 from .planner import Action, Activity, PruneRefused, plan
 from .runtimes import RuntimeSet
 from .runtimes.base import Instance
 from .schema import NodeSpec
 from .status import ModelStatus, model_statuses
-from .store import Store
+from .store import Override, Store
 
 
 @dataclass
@@ -58,6 +60,12 @@ class Controller:
         self.store = store
         self.runtimes = runtimes
         self.executor = Executor(runtimes, store)
+        self.state_dir = runtimes.state_dir
+        # Pull mode (Node.git): the clone's manifests are read beside the directory's, and the
+        # revision checked out there is what generations record.
+        self.extra_dirs: list[Path] = []
+        self.revision: Revision | None = None
+        self.git: GitInfo | None = None  # where the current generation's manifests came from
 
     @classmethod
     async def open(cls, manifest_dir: Path, state_dir: Path | None = None) -> Controller:
@@ -78,7 +86,9 @@ class Controller:
 
         Raises ``FileNotFoundError`` when the directory itself is missing.
         """
-        manifests = manifest_sets.load(self.manifest_dir, await self.store.documents())
+        manifests = manifest_sets.load(
+            self.manifest_dir, await self.store.documents(), extra_roots=self.extra_dirs
+        )
         return manifests, build_desired(manifests)
 
     async def observe(self, desired: Desired) -> tuple[list[Instance], dict[str, str]]:
@@ -94,7 +104,7 @@ class Controller:
         manifests, desired = await self.load()
         actual, unavailable = await self.observe(desired)
         result = PlanResult(manifests, desired, actual, unavailable=unavailable)
-        activity = await self._activity(activity)
+        activity = await self._activity(activity, manifests, desired)
         try:
             result.actions = plan(
                 desired, actual, now or time.time(), activity, allow_empty=allow_empty
@@ -122,7 +132,7 @@ class Controller:
         return result
 
     async def status(self, activity: Mapping[str, Activity] | None = None) -> list[ModelStatus]:
-        _, desired = await self.load()
+        manifests, desired = await self.load()
         actual, _ = await self.observe(desired)
         health = {}
         for inst in actual:
@@ -132,16 +142,36 @@ class Controller:
             desired,
             actual,
             await self.store.model_states(),
-            await self._activity(activity),
+            await self._activity(activity, manifests, desired),
             health,
             time.time(),
+            overrides={
+                name: describe(o) for name, o in (await self.overrides(manifests, desired)).items()
+            },
         )
 
-    async def _activity(self, activity: Mapping[str, Activity] | None) -> dict[str, Activity]:
-        """Live activity from the proxy when it runs, else the idle clocks in the database."""
+    async def _activity(
+        self,
+        activity: Mapping[str, Activity] | None,
+        manifests: ManifestSet | None = None,
+        desired: Desired | None = None,
+    ) -> dict[str, Activity]:
+        """Live activity from the proxy when it runs, else the idle clocks in the database
+        (and the models loaded by hand, held until their manifest changes)."""
         if activity is not None:
             return dict(activity)
-        return {m: Activity(last_used=t) for m, t in (await self.store.last_used()).items()}
+        found = {m: Activity(last_used=t) for m, t in (await self.store.last_used()).items()}
+        if manifests is not None and desired is not None:
+            for name in await self.overrides(manifests, desired):
+                found[name] = replace(found.get(name, Activity()), held=True)
+        return found
+
+    async def overrides(self, manifests: ManifestSet, desired: Desired) -> dict[str, Override]:
+        """The manual overrides still in force for these manifests (read-only: the service
+        ends the others)."""
+        found = await self.store.overrides()
+        gone = ended(found, manifest_digests(manifests, desired))
+        return {name: o for name, o in found.items() if name not in gone}
 
     async def _generation(self, planned: PlanResult) -> int:
         generation, _ = await self.record_generation(planned.manifests, planned.desired, "applying")
@@ -158,7 +188,7 @@ class Controller:
         so a change in the errors counts too: that is what records the ``Invalid`` event.
         """
         last = await self.store.last_generation()
-        git = await git_info_async(self.manifest_dir)
+        git = self.git = await self.git_info()
         sha = git.sha if git else None
         errors = [str(e) for e in manifests.errors]
         if (
@@ -172,6 +202,8 @@ class Controller:
         summary: dict[str, Any] = {"models": models, "errors": errors}
         if git is not None:
             summary["git"] = {"subject": git.subject, "dirtyFiles": list(git.dirty_files)}
+            if self.revision is not None:
+                summary["git"]["pulled"] = True
         generation = await self.store.add_generation(
             manifests.digest,
             outcome,
@@ -193,6 +225,13 @@ class Controller:
                 + "\n".join(errors),
             )
         return generation, True
+
+    async def git_info(self) -> GitInfo | None:
+        """Where the manifests come from: pull mode's revision, else the directory's work tree."""
+        if self.revision is not None:
+            rev = self.revision
+            return GitInfo(rev.checkout, rev.sha, rev.branch, rev.subject, dirty=False)
+        return await git_info_async(self.manifest_dir)
 
 
 def _summary(result: PlanResult) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from .eviction import RunningModel
 from .gpus import Inventory, node_gpus, observed_usage, read_inventory
 from .gputypes import Claim
 from .manifests import ManifestSet
+from .overrides import Overrides, manifest_digests
 from .planner import Action, PruneRefused, plan
 from .runtimes.backoff import CrashBackoff
 from .runtimes.base import Instance
@@ -89,6 +90,9 @@ class ReconcileLoop:
         self.unschedulable_wait = 300.0  # Node.proxy.queueTimeout
         self.passes = 0
         self.on_change: list[Callable[[], None]] = []  # called after each pass / phase change
+        self.overrides = Overrides(controller.store)  # models loaded by hand (held)
+        self._failing: dict[str, str] = {}  # failed since last Ready (why): next Ready "Recovered"
+        self._emitting: set[asyncio.Task[object]] = set()
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._placed: dict[str, tuple[Claim, ...]] = {}
         self._wakeup = asyncio.Event()
@@ -179,7 +183,9 @@ class ReconcileLoop:
             return deadline
         for name in self.ready:
             model = self.desired.models.get(name)
-            if model is None or model.pinned or self.activity.busy(name):
+            if model is None or model.pinned or model.spec.suspend or self.activity.busy(name):
+                continue
+            if name in self.activity.held:
                 continue
             last = self.activity.last_used.get(name) or self._started_at(name) or now
             deadline = min(deadline, last + model.spec.stay_warm + 0.05)
@@ -249,7 +255,9 @@ class ReconcileLoop:
                     name=name,
                     claims=held,
                     priority=PRIORITIES[model.spec.priority] if model else PRIORITIES["batch"],
-                    pinned=bool(model and model.pinned),
+                    # suspended (frozen) and held (loaded by hand) models are never evicted
+                    pinned=bool(model and (model.pinned or model.spec.suspend))
+                    or name in self.activity.held,
                     in_flight=self.activity.in_flight.get(name, 0),
                     last_used=self.activity.last_used.get(name)
                     or (running[name].started_at if name in running else now),
@@ -311,6 +319,10 @@ class ReconcileLoop:
         for name in set(self.phases) - set(desired.models) - set(self.busy):
             self.backoff.reset(name)
             del self.phases[name]
+        self._failing = {n: why for n, why in self._failing.items() if n in desired.models}
+        if desired.models or self.allow_empty:  # (a refused, emptied set changes nothing)
+            await self.overrides.check(manifest_digests(manifests, desired))
+            self.activity.held = self.overrides.held
         self.manifests, self.desired = manifests, desired
         self.unschedulable_wait = desired.node.proxy.queue_timeout
         self.estimates = await asyncio.to_thread(self._estimate_all, desired)
@@ -335,6 +347,7 @@ class ReconcileLoop:
             uptime = time.time() - gone.started_at if gone and gone.started_at else None
             tail = await self._log_tail(gone) if gone else ""
             self._record_failure(name, f"crashed: {reason}", tail, uptime=uptime)
+            await self.controller.store.add_event("Failed", f"{name} crashed: {reason}", name)
         for name, inst in running.items():
             if name in self.ready or name in self.busy or inst.endpoint is None:
                 continue
@@ -443,6 +456,7 @@ class ReconcileLoop:
             permanent=permanent,
         )
         retry_at = failure.next_retry if failure.next_retry != float("inf") else None
+        self._failing[name] = message
         detail = f" (failure {failure.count})" if failure.count > 1 else ""
         self._set_phase(name, "Failed", message + detail, retry_at)
         self._fail_waiters(name, WakeFailed(message))
@@ -503,7 +517,18 @@ class ReconcileLoop:
             current.retry_at = retry_at
             return
         self.phases[name] = Phase(phase, reason, retry_at, time.time())
+        if phase == "Ready" and name in self._failing:
+            failure = self._failing.pop(name)
+            self._emit("Recovered", f"{name} is ready again (it had failed: {failure})", name)
         self._changed()
+
+    def _emit(self, kind: str, message: str, model: str | None = None) -> None:
+        """Record an event from synchronous code (the task is kept until it is done)."""
+        task = asyncio.get_running_loop().create_task(
+            self.controller.store.add_event(kind, message, model)
+        )
+        self._emitting.add(task)
+        task.add_done_callback(self._emitting.discard)
 
     def _changed(self) -> None:
         for callback in self.on_change:
@@ -517,5 +542,6 @@ class ReconcileLoop:
     def backend_failed(self, name: str, reason: str) -> None:
         """The proxy saw the backend break: stop routing to it and look at it now."""
         if self.ready.pop(name, None) is not None:
+            self._failing[name] = reason
             self._set_phase(name, "Failed", reason)
         self.trigger()

@@ -25,6 +25,7 @@ class ModelStatus:
     in_flight: int = 0
     idle_for: float | None = None
     where: str = ""  # path:line:col of the manifest in force
+    override: str = ""  # a manual override in force (loaded by hand), in words
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,8 +38,12 @@ def model_statuses(
     activity: Mapping[str, Activity],
     health: Mapping[str, bool],
     now: float,
+    overrides: Mapping[str, str] | None = None,
 ) -> list[ModelStatus]:
-    """One row per model the manifests want, plus managed instances no manifest wants."""
+    """One row per model the manifests want, plus managed instances no manifest wants.
+
+    ``overrides``: model → the manual override in force, in words (see reconciler.overrides).
+    """
     running = {i.model: i for i in actual if i.managed}
     rows = []
     for name in sorted(set(desired.models) | set(running)):
@@ -52,6 +57,7 @@ def model_statuses(
             reason = reason or "no manifest wants it: the next apply stops it"
         elif model.spec.suspend:
             sync = "Suspended"
+            reason = reason or "spec.suspend: left exactly as it is (no starts, stops, recreates)"
         elif model.stale is not None:
             sync = "Stale"
             reason = f"manifest invalid, last valid version in force: {model.stale}"
@@ -75,6 +81,7 @@ def model_statuses(
                 in_flight=use.in_flight,
                 idle_for=(now - last) if (last and inst and inst.state == "running") else None,
                 where=model.where if model else "",
+                override=(overrides or {}).get(name, ""),
             )
         )
     return rows
