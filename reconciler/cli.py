@@ -18,6 +18,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import manifests as manifest_sets
@@ -167,7 +168,10 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
     Exit 0: converged; 1: something failed (with the reason).
     """
 
+    pull_warning: str | None = None
+
     async def go() -> PassResult:
+        nonlocal pull_warning
         from .alerts import EventNotifications
 
         controller = await _controller(directory)
@@ -177,7 +181,7 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
             node_name = manifests.node_doc.name if manifests.node_doc else None
             notifications.configure(manifests.node.notify, node_name)
             controller.store.listeners.append(notifications.on_event)
-            await _pull(controller, fetch=True)
+            pull_warning = await _pull(controller, fetch=True)
             return await controller.apply(allow_empty=allow_empty)
         finally:
             await notifications.aclose()
@@ -203,7 +207,7 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
         else:
             err.print(f"FAIL  {outcome.action}: {outcome.message}", markup=False)
     took = time.monotonic() - started
-    if not result.ok or result.manifests.errors:
+    if not result.ok or result.manifests.errors or pull_warning:
         err.print(f"generation {result.generation}: not converged ({took:.1f}s)", markup=False)
         raise typer.Exit(1)
     what = f"{len(result.outcomes)} action(s)" if result.outcomes else "nothing to do"
@@ -326,7 +330,7 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
         name = row.name + (" (pinned)" if row.pinned else "")
         name += " (loaded by hand)" if row.override else ""
         table.add_row(
-            name, row.phase, row.sync, row.runtime, row.endpoint or "-", idle, row.reason or ""
+            name, row.phase, row.sync, row.runtime, row.endpoint or "-", idle, escape(row.reason)
         )
     out.print(table)
     out.print(applied_line(generation), markup=False)  # below: the table's header stays first
@@ -424,7 +428,7 @@ def history(
         detail = changes.summary() + (f"  [{subject}]" if subject else "")
         rows.append((str(gen.id), when, commit, gen.outcome, detail))
     for row in rows[-limit:]:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))  # "[subject]" is not rich markup
     out.print(table)
 
 

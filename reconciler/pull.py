@@ -56,9 +56,16 @@ class PullMode:
 
     async def fetch(self) -> Revision | None:
         """Sync now; the revision in force afterwards (the last good one if the fetch failed)."""
-        with contextlib.suppress(GitSyncError):
-            return await self.poller.fetch_now()
-        return self.controller.revision
+        try:
+            revision = await self.poller.fetch_now()
+        except GitSyncError:
+            return self.controller.revision
+        if self.error is not None:  # (the poller calls back only when the head moved)
+            self.error = None
+            await self.controller.store.add_event(
+                "GitSyncRecovered", f"fetching {self._where} works again: {self._describe()}"
+            )
+        return revision
 
     def use_checked_out(self) -> Revision | None:
         """Use the revision already on disk, without fetching (``plan``, ``status``)."""
@@ -69,11 +76,6 @@ class PullMode:
 
     async def _on_revision(self, revision: Revision) -> None:
         self.attach(revision)
-        if self.error is not None:
-            self.error = None
-            await self.controller.store.add_event(
-                "GitSyncRecovered", f"fetching {self._where} works again: {self._describe()}"
-            )
         for callback in self.on_revision:
             callback()
 

@@ -105,7 +105,7 @@ class Service:
 
         while True:
             desired = self.loop.desired
-            await asyncio.sleep(desired.node.resync if desired else 30.0)
+            await asyncio.sleep(desired.node.resync if desired else 1.0)
             if self.pull is not None or self.loop.passes == 0:
                 continue
             info = await git_info_async(self.controller.manifest_dir)
@@ -276,10 +276,11 @@ class Service:
         else:
             warnings.append(dirty_warning(self.controller.git))
         notifier = self.notifications.notifier
+        git = self.pull.status() if self.pull else None  # read together with the warnings
         return {
-            "applied": applied(await self.controller.store.last_generation()),
             "warnings": [w for w in warnings if w],
-            "git": self.pull.status() if self.pull else None,
+            "git": git,
+            "applied": applied(await self.controller.store.last_generation()),
             "notifications": {
                 display_url(url): vars(stats) for url, stats in notifier.stats().items()
             }
