@@ -48,6 +48,14 @@ def backend_pid(svc: ServiceProcess, model: str) -> int:
         return int(json.loads(resp.read())["pid"])
 
 
+def try_backend_pid(svc: ServiceProcess, model: str) -> int | None:
+    """:func:`backend_pid`, or None while the model has no answering backend."""
+    try:
+        return backend_pid(svc, model)
+    except (AssertionError, OSError):
+        return None
+
+
 def kinds(svc: ServiceProcess, model: str | None = None) -> list[str]:
     return [e["kind"] for e in svc.events(model)]
 
