@@ -85,6 +85,9 @@ class Overrides:
         return {name: describe(o) for name, o in self.active.items()}
 
     async def hold(self, model: str, digest: str) -> None:
+        current = self.active.get(model)
+        if current is not None and current.action == LOAD and current.manifest == digest:
+            return  # held already
         self.active[model] = await self.store.set_override(model, LOAD, digest)
         await self.store.add_event(
             "Override", f"{model} loaded by hand: kept loaded until unloaded", model
