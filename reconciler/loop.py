@@ -174,6 +174,7 @@ class ReconcileLoop:
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_exception(WakeFailed("modelplane is shutting down"))
+        await asyncio.gather(*self._emitting, return_exceptions=True)  # events being written
 
     def _next_deadline(self) -> float:
         now = time.time()
