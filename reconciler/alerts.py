@@ -4,9 +4,10 @@ Every event modelplane records passes through :meth:`EventNotifications.on_event
 the store). :func:`classify` maps it to one of the four notification kinds, or to nothing:
 
 - ``Applied``: a new generation (with its commit and the models it changed);
-- ``Failed``: a model's start failed or its backend crashed, and also what makes an apply fail
-  for the whole box: invalid manifests (``Invalid``), a refused prune (``PruneRefused``), a pull
-  that cannot fetch (``GitSyncFailed``);
+- ``Failed``: a model's start failed (``Failed``) or its backend crashed (``Crashed``), and also
+  what makes an apply fail for the whole box: invalid manifests (``Invalid``), a refused prune
+  (``PruneRefused``), a pull that cannot fetch (``GitSyncFailed``), a runtime that cannot be
+  reached (``RuntimeUnavailable``: the docker daemon is down);
 - ``Unschedulable``: a model cannot be placed on the GPUs (sent when the reason changes);
 - ``Recovered``: a model that had failed is ready again.
 
@@ -30,7 +31,7 @@ from .store import Event
 
 log = logging.getLogger("modelplane.alerts")
 
-BOX_FAILURES = ("Invalid", "PruneRefused", "GitSyncFailed")  # failures not of one model
+BOX_FAILURES = ("Invalid", "PruneRefused", "GitSyncFailed", "RuntimeUnavailable")  # not one model
 
 
 def classify(event: Event, failing: set[str]) -> tuple[str, dict[str, Any]] | None:
@@ -39,7 +40,7 @@ def classify(event: Event, failing: set[str]) -> tuple[str, dict[str, Any]] | No
     if event.kind == "Applied":
         failing.clear()  # a new generation: a model still failing after it is news again
         return "Applied", payload
-    if event.kind == "Failed" and event.model:
+    if event.kind in ("Failed", "Crashed") and event.model:
         if event.model in failing:
             return None
         failing.add(event.model)

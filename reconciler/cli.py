@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Coroutine
@@ -23,6 +24,7 @@ from rich.table import Table
 
 from . import manifests as manifest_sets
 from .controller import Controller, PassResult, PlanResult
+from .gpuplan import GpuState, estimate_json, placement_text, schedule_json, static_pins_problem
 from .loader import ManifestError
 from .schema import json_schema
 from .units import format_duration
@@ -86,6 +88,11 @@ def validate(directory: DirArg = Path(DEFAULT_DIR)) -> None:
     if result.errors:
         err.print(f"{len(result.errors)} error(s) in {directory} ({counts} valid)", markup=False)
         raise typer.Exit(1)
+    pins = static_pins_problem(result)
+    if pins is not None:
+        _print_errors([pins])
+        err.print(f"1 error in {directory}: the pinned models do not fit the Node's GPUs")
+        raise typer.Exit(1)
     out.print(f"{directory}: valid ({counts}, node {'set' if result.node_doc else 'default'})")
 
 
@@ -99,15 +106,24 @@ def schema() -> None:
 
 
 def _plan_json(result: PlanResult) -> dict[str, Any]:
+    """Starts that wait for evictions or cannot be placed are listed too (apply would try
+    them); ``gpus`` says where each start goes, or why it waits or cannot."""
+    actions = [*result.actions, *result.gpus.deferred]
     return {
-        "actions": [{"kind": a.kind, "model": a.model, "cause": a.cause} for a in result.actions],
+        "actions": [{"kind": a.kind, "model": a.model, "cause": a.cause} for a in actions],
         "errors": [str(e) for e in result.manifests.errors],
         "refused": result.refused,
         "unavailable": result.unavailable,
         "models": {
-            name: {"specHash": m.spec_hash, "runtime": m.runtime, "pinned": m.pinned}
+            name: {
+                "specHash": m.spec_hash,
+                "runtime": m.runtime,
+                "pinned": m.pinned,
+                "estimate": estimate_json(result.gpus.estimates.get(name)),
+            }
             for name, m in result.desired.models.items()
         },
+        "gpus": schedule_json(result.gpus),
     }
 
 
@@ -115,8 +131,11 @@ def _actions_table(result: PlanResult) -> Table:
     table = Table(box=None, pad_edge=False)
     for column in ("ACTION", "MODEL", "CAUSE"):
         table.add_column(column)
-    for action in result.actions:
-        table.add_row(action.kind, action.model, action.cause)
+    for action in [*result.actions, *result.gpus.deferred]:
+        where = placement_text(action, result.gpus)
+        table.add_row(
+            action.kind, action.model, f"{action.cause}; {where}" if where else action.cause
+        )
     return table
 
 
@@ -152,13 +171,15 @@ def plan_command(
             err.print(f"runtime {runtime} unavailable: {why}", markup=False)
         if result.refused:
             err.print(result.refused, markup=False)
-        if result.actions:
+        if result.gpus.pins:
+            err.print(f"error: {result.gpus.pins}", markup=False)
+        if result.actions or result.gpus.deferred:
             out.print(_actions_table(result))
         elif not result.refused:
             out.print("no changes: everything is as the manifests say")
-    if result.manifests.errors or result.refused:
+    if result.manifests.errors or result.refused or result.gpus.pins:
         raise typer.Exit(1)
-    raise typer.Exit(2 if result.actions else 0)
+    raise typer.Exit(2 if result.actions or result.gpus.deferred else 0)
 
 
 @app.command()
@@ -200,10 +221,14 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
         err.print(f"runtime {runtime} unavailable: {why}", markup=False)
     if result.refused:
         err.print(result.refused, markup=False)
+    if result.gpus.pins:
+        err.print(f"error: {result.gpus.pins}", markup=False)
     for outcome in result.outcomes:
         if outcome.ok:
             where = f" → {outcome.instance.endpoint}" if outcome.instance else ""
-            out.print(f"ok    {outcome.action}{where}", markup=False)
+            gpus = (outcome.action.placement or (None, ()))[0]
+            on = f" on GPU {','.join(map(str, gpus))}" if gpus else ""
+            out.print(f"ok    {outcome.action}{on}{where}", markup=False)
         else:
             err.print(f"FAIL  {outcome.action}: {outcome.message}", markup=False)
     took = time.monotonic() - started
@@ -294,46 +319,55 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
     """Models (phase, sync, endpoint, idle time) as the runtimes and the database see them."""
 
     from .applied import applied, applied_line, dirty_warning
+    from .gpus import gpu_table, inventory_json
+    from .pull import attach_for_cli
 
-    async def go() -> tuple[list[Any], Any, list[str]]:
+    async def go() -> tuple[list[Any], GpuState, Any, list[str]]:
         controller = await _controller(directory)
         try:
-            from .pull import attach_for_cli
-
             mode, warning = await attach_for_cli(controller, fetch=False)
-            rows = await controller.status()
+            rows, gpus = await controller.status(), await controller.gpu_state()
             generation = await controller.store.last_generation()
             if mode is None:  # the work tree as it is now, not as it was applied
                 warning = dirty_warning(await controller.git_info())
-            return rows, generation, [warning] if warning else []
+            return rows, gpus, generation, [warning] if warning else []
         finally:
             await controller.close()
 
     try:
-        rows, generation, warnings = _run(go())
+        rows, gpus, generation, warnings = _run(go())
     except FileNotFoundError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(1) from None
     if as_json:
-        body = {
+        data = {
             "models": [r.as_dict() for r in rows],
+            "gpus": inventory_json(gpus.inventory, gpus.all_claims),
             "applied": applied(generation),
             "warnings": warnings,
         }
-        sys.stdout.write(json.dumps(body, indent=2) + "\n")
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("MODEL", "PHASE", "SYNC", "RUNTIME", "ENDPOINT", "IDLE", "REASON"):
+    for column in ("MODEL", "PHASE", "SYNC", "RUNTIME", "GPUS", "ENDPOINT", "IDLE", "REASON"):
         table.add_column(column, overflow="fold")
     for row in rows:
         idle = format_duration(row.idle_for) if row.idle_for is not None else "-"
         name = row.name + (" (pinned)" if row.pinned else "")
         name += " (loaded by hand)" if row.override else ""
         table.add_row(
-            name, row.phase, row.sync, row.runtime, row.endpoint or "-", idle, escape(row.reason)
+            name,
+            row.phase,
+            row.sync,
+            row.runtime,
+            ",".join(map(str, row.gpus)) or "-",
+            row.endpoint or "-",
+            idle,
+            escape(row.reason),
         )
     out.print(table)
-    out.print(applied_line(generation), markup=False)  # below: the table's header stays first
+    out.print(gpu_table(gpus.inventory, gpus.all_claims, gpus.reserve))
+    out.print(applied_line(generation), markup=False)
     for warning in warnings:
         err.print(f"warning: {warning}", markup=False, style="yellow")
 
@@ -457,18 +491,30 @@ def doctor(directory: DirArg = Path(DEFAULT_DIR)) -> None:
 
 @app.command()
 def gpus(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False) -> None:
-    """The GPU inventory as NVML (or the Node manifest's static list) reports it."""
+    """The GPU inventory as NVML (or the Node manifest's static list) reports it, with what
+    the models modelplane runs claim on each GPU."""
     from .gpus import gpu_table, inventory_json, node_gpus, read_inventory
 
+    async def go() -> GpuState:
+        controller = await _controller(directory)
+        try:
+            return await controller.gpu_state()
+        finally:
+            await controller.close()
+
     try:
-        node = manifest_sets.load(directory).node
-    except FileNotFoundError:
-        node = manifest_sets.NodeSpec()
-    inventory = read_inventory(node_gpus(node))
+        state = _run(go())
+    except (OSError, sqlite3.Error):  # no manifests or state here: the inventory alone
+        try:
+            node = manifest_sets.load(directory).node
+        except FileNotFoundError:
+            node = manifest_sets.NodeSpec()
+        state = GpuState(read_inventory(node_gpus(node)), reserve=node.vram_reserve)
     if as_json:
-        sys.stdout.write(json.dumps(inventory_json(inventory), indent=2) + "\n")
+        data = inventory_json(state.inventory, state.all_claims)
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    out.print(gpu_table(inventory, reserve=node.vram_reserve))
+    out.print(gpu_table(state.inventory, state.all_claims, state.reserve))
 
 
 @app.command("hash-key")

@@ -18,9 +18,11 @@ from .desired import Desired, build_desired
 from .executor import Executor, Outcome
 from .gitinfo import GitInfo, changes_between, git_info_async
 from .gitsync import Revision
+from .gpuplan import GpuState, converge, read_state, schedule_into
 from .manifests import ManifestSet
 from .overrides import describe, ended, manifest_digests
-from .planner import Action, Activity, PruneRefused, plan
+from .planner import Action, Activity, PruneRefused, plan, unseen
+from .pull_events import PullEvents
 from .runtimes import RuntimeSet
 from .runtimes.base import Instance
 from .schema import NodeSpec
@@ -36,6 +38,7 @@ class PlanResult:
     actions: list[Action] = field(default_factory=list)
     refused: str | None = None  # the prune guard's message
     unavailable: dict[str, str] = field(default_factory=dict)  # runtime → why it can't be listed
+    gpus: GpuState = field(default_factory=GpuState)  # inventory, estimates, the schedule
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Controller:
         self.manifest_dir = manifest_dir.absolute()
         self.store = store
         self.runtimes = runtimes
+        runtimes.on_pull = PullEvents(store.add_event)  # image pulls show in the event log
         self.executor = Executor(runtimes, store)
         self.state_dir = runtimes.state_dir
         # Pull mode (Node.git): the clone's manifests are read beside the directory's, and the
@@ -105,12 +109,15 @@ class Controller:
         actual, unavailable = await self.observe(desired)
         result = PlanResult(manifests, desired, actual, unavailable=unavailable)
         activity = await self._activity(activity, manifests, desired)
+        result.gpus = await read_state(desired, actual, activity, self.executor.resolve_path)
         try:
-            result.actions = plan(
-                desired, actual, now or time.time(), activity, allow_empty=allow_empty
-            )
+            planned = plan(desired, actual, now or time.time(), activity, allow_empty=allow_empty)
+            blind = unseen(desired, unavailable)  # their runtime is down: what runs is unknown
+            planned = [a for a in planned if a.model not in blind]
         except PruneRefused as exc:
             result.refused = str(exc)
+        else:  # where each start goes, and what must be evicted first
+            result.actions = schedule_into(result.gpus, planned, desired, actual)
         return result
 
     async def apply(
@@ -123,9 +130,14 @@ class Controller:
         result.generation = await self._generation(planned)
         if result.refused:
             await self.store.add_event("PruneRefused", result.refused)
-        elif planned.actions:
-            result.outcomes = await self.executor.run(
-                planned.actions, planned.desired, result.generation
+        else:  # (with nothing to do, it only forgets stale Unschedulable states)
+            result.outcomes = await converge(
+                self,
+                planned.desired,
+                planned.actions,
+                planned.gpus,
+                await self._activity(activity, planned.manifests, planned.desired),
+                result.generation,
             )
         outcome = "refused" if result.refused else "failed" if result.failures else "ok"
         await self.store.update_generation(result.generation, outcome, _summary(result))
@@ -133,7 +145,7 @@ class Controller:
 
     async def status(self, activity: Mapping[str, Activity] | None = None) -> list[ModelStatus]:
         manifests, desired = await self.load()
-        actual, _ = await self.observe(desired)
+        actual, unavailable = await self.observe(desired)
         health = {}
         for inst in actual:
             if inst.state == "running":
@@ -145,10 +157,18 @@ class Controller:
             await self._activity(activity, manifests, desired),
             health,
             time.time(),
+            unavailable,
             overrides={
                 name: describe(o) for name, o in (await self.overrides(manifests, desired)).items()
             },
         )
+
+    async def gpu_state(self, activity: Mapping[str, Activity] | None = None) -> GpuState:
+        """The GPU inventory with the claims of the backends that run (``status``)."""
+        manifests, desired = await self.load()
+        actual, _ = await self.observe(desired)
+        activity = await self._activity(activity, manifests, desired)
+        return await read_state(desired, actual, activity, self.executor.resolve_path)
 
     async def _activity(
         self,

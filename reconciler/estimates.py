@@ -7,10 +7,11 @@ safetensors folder.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from .desired import DesiredModel
+from .desired import Desired, DesiredModel
 from .vram import CannotEstimate, Estimate, GgufInfo, estimate
 from .weights.gguf_meta import read_gguf_metadata
 
@@ -35,6 +36,25 @@ def estimate_model(model: DesiredModel, path: str | None) -> Estimate | str:
         )
     except (CannotEstimate, ValueError, OSError) as exc:
         return str(exc)
+
+
+def estimate_all(
+    desired: Desired,
+    resolve_path: Callable[[DesiredModel], str | None],
+    only: Collection[str] | None = None,
+) -> dict[str, Estimate | str]:
+    """Every model's estimate (or those named in ``only``); blocking file I/O, so async code
+    runs it in a thread. ``resolve_path`` finds a hub source's file in the weights cache."""
+    return {
+        name: estimate_model(model, model.spec.source.path or resolve_path(model))
+        for name, model in desired.models.items()
+        if only is None or name in only
+    }
+
+
+def missing(estimates: Mapping[str, Estimate | str]) -> list[str]:
+    """Models without an estimate yet (weights not downloaded when last looked)."""
+    return [name for name, e in estimates.items() if not isinstance(e, Estimate)]
 
 
 @lru_cache(maxsize=256)

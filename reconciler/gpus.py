@@ -13,12 +13,13 @@ placement must also set ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (see :data:`CUDA_ENV`).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 import pynvml
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from rich.table import Table
 
 from reconciler.gputypes import Claim, GpuInfo, GpuProcess, fmt_size
@@ -294,6 +295,18 @@ def gpu_metric_families(
             if value is not None:
                 fams[key].add_metric(lv, float(value))
     return list(fams.values())
+
+
+class GpuCollector(Collector):
+    """A Prometheus collector for ``/metrics``: :func:`gpu_metric_families` of ``snapshot()``
+    (the service passes the inventory of its last pass and its claims; reading NVML on the
+    scrape itself would block the event loop)."""
+
+    def __init__(self, snapshot: Callable[[], tuple[Inventory, Sequence[Claim]]]) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        yield from gpu_metric_families(*self._snapshot())
 
 
 def inventory_json(inventory: Inventory, claims: Sequence[Claim] = ()) -> dict[str, Any]:

@@ -19,6 +19,20 @@ def model_location(model: DesiredModel, resolved_path: str | None = None) -> tup
     return str(location), str(directory)
 
 
+def weights_mount(model_dir: str) -> str:
+    """The host folder a container needs for a model's weights, mounted at the same path.
+
+    A hub cache snapshot (``<cache>/models--org--name/snapshots/<commit>/...``) holds links into
+    the repo's ``blobs/``: the whole repo folder is mounted so they resolve inside the container
+    too. Any other folder (a ``path`` source) is mounted as it is.
+    """
+    path = Path(model_dir)
+    for folder in (path, *path.parents):
+        if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+            return str(folder.parent.parent)
+    return model_dir
+
+
 def launch_spec(
     model: DesiredModel,
     generation: int,
@@ -46,7 +60,7 @@ def launch_spec(
         network=container.network if container else "host",
         image_pull=model.spec.image_pull or model.engine.image_pull,
     )
-    mounts = (model_dir,) if model.spec.source.path or resolved_path else ()
+    mounts = (weights_mount(model_dir),) if model.spec.source.path or resolved_path else ()
     return LaunchSpec(
         model=model.name,
         spec_hash=model.spec_hash,

@@ -16,31 +16,29 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import watchfiles
-
-from proxy.gateway import PRIORITIES
 
 from .activity import ActivityTracker
 from .controller import Controller
 from .desired import Desired
-from .estimates import estimate_model
-from .eviction import RunningModel
-from .gpus import Inventory, node_gpus, observed_usage, read_inventory
+from .estimates import estimate_all, missing
+from .gpus import Inventory, node_gpus, read_inventory
 from .gputypes import Claim
 from .manifests import ManifestSet
 from .overrides import Overrides, manifest_digests
-from .planner import Action, PruneRefused, plan
+from .planner import Action, PruneRefused, plan, unseen
 from .runtimes.backoff import CrashBackoff
 from .runtimes.base import Instance
-from .scheduler import instance_claims, schedule
+from .scheduler import holders, instance_claims, schedule
 from .vram import Estimate
 
 log = logging.getLogger("modelplane.loop")
 
 DEBOUNCE_MS = 300
 SETTLE = 10.0  # seconds a start waits for evicted models' memory to show free in NVML
+UNAVAILABLE_RECHECK = 2.0  # seconds between passes while a runtime (docker) is unreachable
 
 
 @dataclass
@@ -78,6 +76,7 @@ class ReconcileLoop:
         self.actual: list[Instance] = []
         self.unavailable: dict[str, str] = {}
         self.ready: dict[str, str] = {}  # model → endpoint of a healthy backend
+        self.broken: set[str] = set()  # taken out of ready by the proxy: did it crash?
         self.phases: dict[str, Phase] = {}
         self.busy: dict[str, asyncio.Task[None]] = {}
         self.backoff = CrashBackoff()
@@ -85,6 +84,7 @@ class ReconcileLoop:
         self.estimates: dict[str, Estimate | str] = {}
         self.claims: dict[str, tuple[Claim, ...]] = {}  # held by backends running or starting
         self.waiting_gpu: dict[str, str] = {}  # model → why its start waits for VRAM
+        self.evicting: set[str] = set()  # models being evicted now (draining or stopping)
         self.unschedulable_since: dict[str, float] = {}
         self.settle_until = 0.0
         self.unschedulable_wait = 300.0  # Node.proxy.queueTimeout
@@ -147,6 +147,7 @@ class ReconcileLoop:
         """See a managed container exit at once (the daemon's event stream), not at resync."""
         from .runtimes.docker_events import ContainerEvents
 
+        await self.wait_first_pass()  # the manifests say whether docker is used at all
         while not self._stopping.is_set():
             desired = self.desired
             uses_docker = desired is not None and (
@@ -158,13 +159,22 @@ class ReconcileLoop:
                 continue
             assert desired is not None
             try:
-                async with ContainerEvents(desired.node.docker_host) as events:
+                # a lost stream (the daemon went away) and its return trigger a pass too
+                watch = ContainerEvents(desired.node.docker_host, on_connection=self._docker_link)
+                async with watch as events:
                     async for event in events:
                         log.info("container %s: %s", event.model, event.action)
                         self.trigger()
             except Exception as exc:  # the daemon went away: resync reports it; retry soon
                 log.warning("docker events unavailable: %s", exc)
                 await asyncio.sleep(2.0)
+
+    def _docker_link(self, connected: bool) -> None:
+        """The event stream was (re)subscribed or lost: a pass sees what happened meanwhile
+        (a container that died before the subscription, a daemon gone or back)."""
+        if not connected:
+            log.warning("docker event stream lost: checking the daemon")
+        self.trigger()
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -191,8 +201,12 @@ class ReconcileLoop:
             last = self.activity.last_used.get(name) or self._started_at(name) or now
             deadline = min(deadline, last + model.spec.stay_warm + 0.05)
         retries = [p.retry_at for p in self.phases.values() if p.retry_at and p.retry_at > now]
-        if self.waiting_gpu or self.unschedulable_since:
-            retries.append(now + 0.5)  # evictions settling, or a busy model may become free
+        if self.waiting_gpu:
+            retries.append(now + 0.5)  # evictions settling: NVML may show the memory free
+        elif self.unschedulable_since:  # the end of a request or an action triggers a pass;
+            retries.append(now + 2.0)  # this catches memory that others' processes freed
+        if self.unavailable:
+            retries.append(now + UNAVAILABLE_RECHECK)  # notice a daemon's return soon
         return min([deadline, *retries])
 
     def _started_at(self, name: str) -> float | None:
@@ -207,8 +221,15 @@ class ReconcileLoop:
                 await self._load()
             if self.desired is None:
                 return
+            before = self.unavailable
             self.actual, self.unavailable = await self.controller.observe(self.desired)
+            await self._note_runtimes(before)
+            blind = self._blind()
             self.inventory = await asyncio.to_thread(read_inventory, node_gpus(self.desired.node))
+            if retry := missing(self.estimates):  # weights may have arrived since
+                resolve = self.controller.executor.resolve_path
+                found = await asyncio.to_thread(estimate_all, self.desired, resolve, retry)
+                self.estimates.update(found)
             await self._sync_ready()
             now = time.time()
             try:
@@ -225,11 +246,40 @@ class ReconcileLoop:
                 if self._refused != str(exc):
                     self._refused = str(exc)
                     await self.controller.store.add_event("PruneRefused", str(exc))
+            actions = [a for a in actions if a.model not in blind]  # unseen: nothing to do
             for action in await self._schedule(actions, now):
                 self.dispatch(action, now)
             self.passes += 1
             self._first_pass.set()
             self._changed()
+
+    async def _note_runtimes(self, before: dict[str, str]) -> None:
+        """An event when a runtime becomes unreachable, and when it answers again."""
+        store = self.controller.store
+        for name, why in self.unavailable.items():
+            if name not in before:
+                log.warning("%s runtime unavailable: %s", name, why)
+                await store.add_event("RuntimeUnavailable", f"{name}: {why}")
+        for name in set(before) - set(self.unavailable):
+            log.info("%s runtime available again", name)
+            await store.add_event("RuntimeAvailable", f"{name} answers again")
+
+    def _blind(self) -> set[str]:
+        """Models on a runtime that cannot be listed now (docker daemon down): whether their
+        backends still run is unknown, so they are not routed to and no action touches them
+        (no phantom crash, no start against a dead daemon) until the runtime answers again."""
+        assert self.desired is not None
+        blind = unseen(self.desired, self.unavailable)
+        for name, model in self.desired.models.items():
+            why = self.unavailable.get(model.runtime)
+            phase = self.phases.get(name)
+            if why is not None:
+                if name not in self.busy:
+                    self.ready.pop(name, None)
+                    self._set_phase(name, "Unknown", f"{model.runtime} runtime unavailable: {why}")
+            elif phase is not None and phase.name == "Unknown":
+                del self.phases[name]  # seen again: this pass finds out what runs
+        return blind
 
     async def _schedule(self, actions: list[Action], now: float) -> list[Action]:
         """Place starts on GPUs, plan evictions, and mark what cannot be placed."""
@@ -242,30 +292,20 @@ class ReconcileLoop:
         for name, inst in running.items():
             if name not in self.claims:
                 self.claims[name] = instance_claims(name, inst.gpus, self.estimates.get(name))
-        pids = {n: [int(i.ident)] for n, i in running.items() if i.runtime == "process"}
-        seen = observed_usage(self.inventory, pids)
-        claims = {
-            name: tuple(replace(c, observed=seen.get((name, c.gpu))) for c in held)
-            for name, held in self.claims.items()
-        }
-        candidates = []
-        for name, held in claims.items():
-            model = desired.models.get(name)
-            candidates.append(
-                RunningModel(
-                    name=name,
-                    claims=held,
-                    priority=PRIORITIES[model.spec.priority] if model else PRIORITIES["batch"],
-                    # suspended (frozen) and held (loaded by hand) models are never evicted
-                    pinned=bool(model and (model.pinned or model.spec.suspend))
-                    or name in self.activity.held,
-                    in_flight=self.activity.in_flight.get(name, 0),
-                    last_used=self.activity.last_used.get(name)
-                    or (running[name].started_at if name in running else now),
-                    running=name in self.ready and name not in self.busy,
-                )
-            )
-        settling = frozenset(self.waiting_gpu) if now < self.settle_until else frozenset()
+        claims, candidates = holders(
+            desired,
+            self.actual,
+            self.claims,
+            self.estimates,
+            self.inventory,
+            self.activity.snapshot(),
+            now,
+            evictable={n for n in self.ready if n not in self.busy},
+        )
+        # While victims drain and stop, and briefly after (until NVML shows their memory
+        # free), the starts they make room for wait instead of evicting more.
+        settle = self.evicting or now < self.settle_until
+        settling = frozenset(self.waiting_gpu) if settle else frozenset()
         result = schedule(
             actions,
             desired,
@@ -282,8 +322,9 @@ class ReconcileLoop:
             self.unschedulable_since.pop(name, None)
             self._set_phase(name, "Starting", reason)
         for name, reason in result.unschedulable.items():
-            self.unschedulable_since.setdefault(name, now)
-            if self.phases.get(name, Phase("")).reason != reason:
+            # One event per episode: the reason's figures move with NVML's every pass.
+            if name not in self.unschedulable_since:
+                self.unschedulable_since[name] = now
                 await self.controller.store.add_event("Unschedulable", reason, name)
             self._set_phase(name, "Unschedulable", reason)
         for name in result.claims:
@@ -326,33 +367,31 @@ class ReconcileLoop:
             self.activity.held = self.overrides.held
         self.manifests, self.desired = manifests, desired
         self.unschedulable_wait = desired.node.proxy.queue_timeout
-        self.estimates = await asyncio.to_thread(self._estimate_all, desired)
-
-    def _estimate_all(self, desired: Desired) -> dict[str, Estimate | str]:
         resolve = self.controller.executor.resolve_path
-        return {
-            name: estimate_model(model, model.spec.source.path or resolve(model))
-            for name, model in desired.models.items()
-        }
+        self.estimates = await asyncio.to_thread(estimate_all, desired, resolve)
 
     async def _sync_ready(self) -> None:
         """Adopt healthy backends we did not start; forget ones that are gone."""
         running = {i.model: i for i in self.actual if i.managed and i.state == "running"}
         exited = {i.model: i for i in self.actual if i.managed and i.state == "exited"}
-        for name in list(self.ready):
+        for name in [*self.ready, *(self.broken - set(self.ready))]:
+            if name in self.busy:
+                self.broken.discard(name)  # an action under way decides what happens next
             if name in self.busy or name in running:
                 continue
-            del self.ready[name]
+            self.ready.pop(name, None)
+            self.broken.discard(name)
             gone = exited.get(name)
             reason = (gone.exit_reason if gone else None) or "backend is gone"
             uptime = time.time() - gone.started_at if gone and gone.started_at else None
             tail = await self._log_tail(gone) if gone else ""
+            await self.controller.store.add_event("Crashed", reason, name)
             self._record_failure(name, f"crashed: {reason}", tail, uptime=uptime)
-            await self.controller.store.add_event("Failed", f"{name} crashed: {reason}", name)
         for name, inst in running.items():
             if name in self.ready or name in self.busy or inst.endpoint is None:
                 continue
             if await self.controller.runtimes.get(inst.runtime).healthy(inst):
+                self.broken.discard(name)
                 self.ready[name] = inst.endpoint
                 self._set_phase(name, "Ready")
                 self._resolve(name, inst.endpoint)
@@ -391,6 +430,8 @@ class ReconcileLoop:
             self._set_phase(name, "Starting", action.cause)
         task = asyncio.create_task(self._run_action(action), name=f"action {action}")
         self.busy[name] = task
+        if action.kind == "evict":
+            self.evicting.add(name)
         return task
 
     async def _run_action(self, action: Action) -> None:
@@ -430,6 +471,7 @@ class ReconcileLoop:
             self._record_failure(name, f"{type(exc).__name__}: {exc}")
         finally:
             self.busy.pop(name, None)
+            self.evicting.discard(name)
             self.trigger()
 
     def _record_failure(
@@ -497,6 +539,10 @@ class ReconcileLoop:
             since = self.unschedulable_since.get(name)
             if since is not None and time.time() - since >= self.unschedulable_wait:
                 phase = self.phases.get(name)
+                # Nobody waits any more: stop trying to place it (the phase keeps the reason;
+                # the next request tries again).
+                self.activity.wanted.discard(name)
+                self.unschedulable_since.pop(name, None)
                 raise WakeUnschedulable(phase.reason if phase else "cannot be placed")
 
     def _resolve(self, name: str, endpoint: str) -> None:
@@ -545,4 +591,5 @@ class ReconcileLoop:
         if self.ready.pop(name, None) is not None:
             self._failing[name] = reason
             self._set_phase(name, "Failed", reason)
+            self.broken.add(name)  # the next pass records a crash (and backs off) if it exited
         self.trigger()

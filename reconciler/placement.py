@@ -1,6 +1,6 @@
 """Where a model goes: a pure function of its demand, the GPUs and the claims already made.
 
-The rules (also in ``docs/vram.md``), chosen so a user can predict them:
+The rules, chosen so a user can predict them:
 
 - ``gpus: none`` places on no GPU, always. ``auto`` on a box with no GPUs does the same (the
   CPU quickstart), with a reason saying so.

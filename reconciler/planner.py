@@ -87,6 +87,12 @@ def plan(
     return actions
 
 
+def unseen(desired: Desired, unavailable: Mapping[str, str]) -> set[str]:
+    """Models whose runtime could not be listed (docker daemon down): what runs is unknown, so
+    no action may touch them (a start would race a backend that may still run)."""
+    return {name for name, model in desired.models.items() if model.runtime in unavailable}
+
+
 def _plan_model(
     model: DesiredModel, current: Instance | None, now: float, use: Activity
 ) -> Action | None:

@@ -14,16 +14,17 @@ Only one round of evictions is planned per pass, so two starts never evict for e
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from proxy.gateway import PRIORITIES
 
 from .desired import Desired, DesiredModel
-from .eviction import Eviction, RunningModel, choose_victims
+from .eviction import Eviction, RunningModel, choose_victims, pins_fit
+from .gpus import Inventory, observed_usage
 from .gputypes import Claim, GpuInfo
 from .placement import ModelDemand, Placement, place
-from .planner import Action
+from .planner import Action, Activity
 from .runtimes.base import Instance
 from .vram import Estimate
 
@@ -34,6 +35,7 @@ class Schedule:
     waiting: dict[str, str] = field(default_factory=dict)  # start deferred: evictions under way
     unschedulable: dict[str, str] = field(default_factory=dict)
     claims: dict[str, tuple[Claim, ...]] = field(default_factory=dict)  # of the starts placed
+    placed: dict[str, str] = field(default_factory=dict)  # why each start went where it did
 
 
 def instance_claims(
@@ -85,10 +87,10 @@ def schedule(
     for action in starts:
         model = desired.models[action.model]
         outcome = _place_one(model, gpus, reserve, taken, estimates.get(model.name))
-        if isinstance(outcome, tuple):
-            placement, new_claims = outcome
-            result.actions.append(replace(action, placement=placement))
-            result.claims[model.name] = new_claims
+        if isinstance(outcome, Placed):
+            result.actions.append(replace(action, placement=outcome.placement))
+            result.claims[model.name] = new_claims = outcome.claims
+            result.placed[model.name] = outcome.reason
             taken[model.name] = new_claims
             continue
         demand, reason = outcome
@@ -116,7 +118,13 @@ def schedule(
     return result
 
 
-PlaceResult = tuple[tuple[tuple[int, ...] | None, tuple[str, ...]], tuple[Claim, ...]]
+@dataclass(frozen=True)
+class Placed:
+    """A start's GPUs and split arguments (as :attr:`Action.placement`), claims, and why."""
+
+    placement: tuple[tuple[int, ...] | None, tuple[str, ...]]
+    claims: tuple[Claim, ...] = ()
+    reason: str = ""
 
 
 def _place_one(
@@ -125,22 +133,93 @@ def _place_one(
     reserve: int,
     taken: Mapping[str, tuple[Claim, ...]],
     estimate: Estimate | str | None,
-) -> PlaceResult | tuple[ModelDemand | None, str]:
+) -> Placed | tuple[ModelDemand | None, str]:
     """A placement and its claims, or (the demand to evict for, or None, and the reason)."""
     wanted = model.spec.gpus
     if wanted == "none":
-        return (None, ()), ()
+        return Placed((None, ()), (), "gpus: none")
     if not gpus:
         if isinstance(wanted, list):  # no inventory to check against: honour what was asked
-            return (tuple(wanted), ()), ()
-        return (None, ()), ()  # auto on a box without GPUs: the CPU
+            return Placed((tuple(wanted), ()), (), "explicit GPUs (no inventory to check)")
+        return Placed((None, ()), (), "no GPUs in the inventory: runs without a GPU")
     if not isinstance(estimate, Estimate):
         if isinstance(wanted, list):
-            return (tuple(wanted), ()), tuple(Claim(model.name, g, 0) for g in wanted)
+            claims = tuple(Claim(model.name, g, 0) for g in wanted)
+            return Placed((tuple(wanted), ()), claims, "explicit GPUs (VRAM not estimated)")
         return None, f"cannot estimate its VRAM ({estimate or 'no estimate'}): set spec.vram"
     demand = demand_of(model, estimate)
     others = [c for name, cs in taken.items() if name != model.name for c in cs]
     placed = place(demand, gpus, others, reserve)
     if isinstance(placed, Placement):
-        return (placed.gpus or None, placed.args), placed.claims(model.name)
+        return Placed((placed.gpus or None, placed.args), placed.claims(model.name), placed.reason)
     return demand, placed.reason
+
+
+def holders(
+    desired: Desired,
+    actual: Sequence[Instance],
+    known: Mapping[str, tuple[Claim, ...]],
+    estimates: Mapping[str, Estimate | str],
+    inventory: Inventory,
+    activity: Mapping[str, Activity],
+    now: float,
+    evictable: Collection[str] | None = None,
+) -> tuple[dict[str, tuple[Claim, ...]], list[RunningModel]]:
+    """The claims on the GPUs and the eviction candidates, from what runs (the input of
+    :func:`schedule`, for the service's loop and the one-shot CLI alike).
+
+    ``known``: claims recorded when backends were placed (the loop keeps those of the models
+    that run or start); a running backend without one (adopted after a restart, or any backend
+    seen by a one-shot ``apply``) claims its model's estimate on its GPUs. NVML's memory per
+    process fills :attr:`Claim.observed` (process runtime: by pid). ``evictable``: the models
+    that may be stopped now (the loop: ready and with no action under way); None = every
+    running backend.
+    """
+    running = {i.model: i for i in actual if i.managed and i.state == "running"}
+    held = dict(known)
+    for name, inst in running.items():
+        if name not in held:
+            held[name] = instance_claims(name, inst.gpus, estimates.get(name))
+    pids = {n: [int(i.ident)] for n, i in running.items() if i.runtime == "process"}
+    seen = observed_usage(inventory, pids)
+    claims = {
+        name: tuple(replace(c, observed=seen.get((name, c.gpu))) for c in cs)
+        for name, cs in held.items()
+    }
+    candidates = []
+    for name, cs in claims.items():
+        model = desired.models.get(name)
+        use = activity.get(name, Activity())
+        inst = running.get(name)
+        candidates.append(
+            RunningModel(
+                name=name,
+                claims=cs,
+                priority=PRIORITIES[model.spec.priority] if model else PRIORITIES["batch"],
+                # suspended (frozen) and held (loaded by hand) models are never evicted
+                pinned=bool(model and (model.pinned or model.spec.suspend)) or use.held,
+                in_flight=use.in_flight,
+                last_used=use.last_used or (inst.started_at if inst else now),
+                running=inst is not None and (evictable is None or name in evictable),
+            )
+        )
+    return claims, candidates
+
+
+def pins_problem(
+    desired: Desired,
+    gpus: Sequence[GpuInfo],
+    reserve: int,
+    estimates: Mapping[str, Estimate | str],
+) -> str | None:
+    """Why the pinned models cannot all be on these GPUs at once (capacity, not what runs now),
+    or None. Pinned models without an estimate are left out (they are Unschedulable with
+    "set spec.vram" on their own)."""
+    demands = [
+        demand_of(model, estimate)
+        for name, model in sorted(desired.models.items())
+        if model.pinned
+        and not model.spec.suspend
+        and isinstance(estimate := estimates.get(name), Estimate)
+    ]
+    return pins_fit(demands, gpus, reserve)

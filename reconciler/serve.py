@@ -26,6 +26,7 @@ from proxy.logsetup import setup_logging
 from proxy.settings import ProxySettings
 
 from .controller import Controller
+from .gpus import GpuCollector
 from .schema import ProxySpec
 from .sdnotify import SystemdNotifier
 from .sdreport import SystemdReporter
@@ -104,6 +105,7 @@ async def serve(
             await service.stop()
 
     app = create_app(service, settings or proxy_settings(node.proxy), lifespan=[lifespan])
+    app.state.proxy.metrics.registry.register(GpuCollector(service.gpu_snapshot))
     config = uvicorn.Config(
         app,
         host=host,

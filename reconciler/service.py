@@ -22,6 +22,8 @@ from .alerts import EventNotifications
 from .applied import applied, dirty_warning
 from .controller import Controller
 from .gitinfo import GitInfo, git_info_async
+from .gpus import Inventory, inventory_json
+from .gputypes import Claim
 from .loop import ReconcileLoop, WakeFailed, WakeUnschedulable
 from .notify import display_url
 from .overrides import manifest_digests
@@ -167,6 +169,12 @@ class Service:
         spec = desired.models[model].spec
         if spec.suspend:
             raise Unavailable(f"{model} is suspended and not running", retry_after=60)
+        down = self.loop.unavailable.get(desired.models[model].runtime)
+        if down is not None:
+            raise Unavailable(f"{model} cannot start: runtime unavailable: {down}", 503, 5.0)
+        failure = self.loop.backoff.get(model, desired.models[model].spec_hash)
+        if failure is not None and failure.permanent:  # retrying cannot help: say so at once
+            raise Unavailable(f"{model} failed: {failure.reason} (fix the manifest)", 503, 60.0)
         phase = self.loop.phases.get(model)
         now = time.time()
         if phase and phase.name == "Failed" and phase.retry_at and phase.retry_at > now:
@@ -230,10 +238,15 @@ class Service:
             return False, self.loop.load_error
         return True, "ok"
 
+    def gpu_snapshot(self) -> tuple[Inventory, list[Claim]]:
+        """The GPUs as of the last pass, and the claims of the models that run or start."""
+        return self.loop.inventory, [c for cs in self.loop.claims.values() for c in cs]
+
     async def status(self) -> dict[str, Any]:
         desired = self.loop.desired
+        gpus = inventory_json(*self.gpu_snapshot())
         if desired is None:
-            return {"models": [], "gpus": [], "error": self.loop.load_error}
+            return {"models": [], "gpus": gpus, "error": self.loop.load_error}
         states = {
             name: ModelState(name, p.name, p.reason, p.since, p.retry_at)
             for name, p in self.loop.phases.items()
@@ -247,6 +260,7 @@ class Service:
             self.activity.snapshot(),
             health,
             time.time(),
+            self.loop.unavailable,
             overrides=self.loop.overrides.descriptions(),
         )
         models = []
@@ -262,7 +276,7 @@ class Service:
         return {
             "generation": self.loop.generation,
             "models": models,
-            "gpus": [],
+            "gpus": gpus,
             "errors": [str(e) for e in self.loop.manifests.errors] if self.loop.manifests else [],
             "runtimesUnavailable": self.loop.unavailable,
             **await self._ops_status(),

@@ -16,7 +16,8 @@ from .store import ModelState
 class ModelStatus:
     name: str
     phase: str  # Ready | Starting | Asleep | Failed | Unschedulable | Downloading | Draining
-    sync: str  # Synced | OutOfSync | Stale | Suspended | Orphan
+    #             | Unknown (its runtime cannot be reached)
+    sync: str  # Synced | OutOfSync | Stale | Suspended | Orphan | Unknown
     reason: str = ""
     runtime: str = ""
     endpoint: str | None = None
@@ -38,12 +39,15 @@ def model_statuses(
     activity: Mapping[str, Activity],
     health: Mapping[str, bool],
     now: float,
+    unavailable: Mapping[str, str] | None = None,
     overrides: Mapping[str, str] | None = None,
 ) -> list[ModelStatus]:
     """One row per model the manifests want, plus managed instances no manifest wants.
 
-    ``overrides``: model → the manual override in force, in words (see reconciler.overrides).
-    """
+    ``unavailable``: runtimes that could not be listed (runtime → why); their models are
+    ``Unknown``, with the reason, rather than seemingly ``Asleep``. ``overrides``: model → the
+    manual override in force, in words (see reconciler.overrides)."""
+    unavailable = unavailable or {}
     running = {i.model: i for i in actual if i.managed}
     rows = []
     for name in sorted(set(desired.models) | set(running)):
@@ -52,7 +56,12 @@ def model_statuses(
         use = activity.get(name, Activity())
         remembered = states.get(name)
         phase, reason = _phase(inst, remembered, health.get(name, False))
-        if model is None:
+        blind = model is not None and inst is None and model.runtime in unavailable
+        if blind:
+            assert model is not None
+            phase = sync = "Unknown"
+            reason = f"{model.runtime} runtime unavailable: {unavailable[model.runtime]}"
+        elif model is None:
             sync = "Orphan"
             reason = reason or "no manifest wants it: the next apply stops it"
         elif model.spec.suspend:

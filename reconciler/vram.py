@@ -1,16 +1,41 @@
 """How much GPU memory a model will take: a pure estimate with a formula a user can check.
 
 Placement and eviction are only as good as this number, so every estimate carries its parts
-(weights, KV cache, compute) and the assumptions it made, for ``plan --json`` to show. The
-formula, its constants and where they come from are in ``docs/vram.md``; in short:
+(weights, KV cache, compute) and the assumptions it made (``notes``), for ``plan --json`` to
+show. The first rule that applies wins (sizes: GiB = 2**30 bytes):
 
-- ``spec.vram`` given: that, as is.
-- GGUF: ``weights * offloaded + KV cache * offloaded + compute allowance``, where
-  ``offloaded = min(ngl, layers) / layers`` and
-  ``KV = layers * kv_heads * (key_dim * bytes(type_k) + value_dim * bytes(type_v)) * ctx``.
-- safetensors (any non-vLLM engine): ``size * 1.2 + 1 GiB``.
-- vLLM: ``--gpu-memory-utilization`` (default 0.9) * the total of each GPU it lands on; the
-  weights (``size * 1.2 + 1 GiB``) only decide how many GPUs it must spread over.
+1. ``spec.vram`` given: that, as is. (vLLM: placement then passes
+   ``--gpu-memory-utilization = spec.vram / GPU total``, rounded up to 0.01, unless the args
+   set it themselves, which then wins.)
+2. vLLM: ``--gpu-memory-utilization`` (default 0.9) * the total of *each* GPU it lands on (it
+   reserves that share at start-up whatever the model's size); the weights
+   (``size * 1.2 + 1 GiB``) only decide how many GPUs it must spread over.
+3. GGUF (llama-server, llama-cpp-python, or a custom engine serving a GGUF)::
+
+       VRAM      = weights + kv_cache + compute
+       weights   = file size (all shards) * offloaded_layers / layers
+       kv_cache  = offloaded_layers * kv_heads * (key_dim * bytes(type_k)
+                   + value_dim * bytes(type_v)) * ctx
+       compute   = 768 MiB + 512 * vocab_size * 4     (the logits buffer when vocab is known)
+       key_dim   = value_dim = embedding_length / heads (unless the GGUF gives key/value_length)
+
+   ``bytes`` is 2 for the default f16 cache; ``--cache-type-k/-v`` use ggml's block sizes
+   (q8_0 = 34/32, q4_0 = 18/32). Example: Qwen2.5-7B-Instruct Q4_K_M (4.68 GB, 28 layers, 4 KV
+   heads, head dim 128) at ``--ctx-size 8192``: KV = 28*4*128*2*2*8192 = 448 MiB, total about
+   4.36 + 0.44 + 0.75 = 5.5 GiB.
+4. Safetensors (any file set without GGUF metadata) on a non-vLLM engine:
+   ``size * 1.2 + 1 GiB`` (activations and cache on top; the CUDA context and allocator pools).
+5. Nothing to go on: :class:`CannotEstimate`, and the model is Unschedulable with "set
+   spec.vram".
+
+Defaults when ``spec.args`` do not say: llama-server and custom engines use the trained context
+capped at :data:`CONTEXT_CAP` (32768; a 128k-trained 8B model would otherwise claim 16 GiB of
+KV cache) and every layer on the GPU; llama-cpp-python its server's defaults, context 2048 and
+**no** layer on the GPU. ``-c 0`` means the trained context, uncapped. The notes say when a
+default applied. The 768 MiB allowance is calibrated on an H100 (see :data:`COMPUTE_ALLOWANCE`);
+known over-estimates, on the safe side: sliding-window layers count at full context,
+``token_embd`` (kept on the CPU by llama.cpp) counts, per-layer KV head counts count at their
+maximum.
 """
 
 from __future__ import annotations

@@ -10,11 +10,15 @@ host's network), and import a tiny Debian image built once per machine with ``de
   persistent data-root, so a second run imports nothing;
 * ``MODELPLANE_TEST_DOCKER_FRESH=1`` uses a throwaway data-root instead (the image is imported
   again from the cached tarball, a few seconds);
-* ``MODELPLANE_TEST_REQUIRE_DOCKER=1`` (CI) turns "cannot start dockerd" from a skip into a failure.
+* ``MODELPLANE_TEST_REQUIRE_DOCKER=1``, or ``CI`` set (unless that variable is ``0``), turns
+  "cannot start dockerd" from a skip into a failure.
 
 It is also a small command line, so CI can warm the cache before the tests run::
 
-    python tests/docker_env.py build-image     # debootstrap + tar (cached), prints the timings
+    python -m tests.docker_env build-image     # debootstrap + tar (cached), prints the timings
+
+(as a module from the checkout's root: run as a script, ``tests/docker/`` would shadow the
+``docker`` SDK on ``sys.path``)
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +54,15 @@ SLIM_EXCLUDES = (
 
 class DockerUnavailable(Exception):
     """No docker daemon can be had here; the message says why (the tests skip with it)."""
+
+
+def docker_required(environ: Mapping[str, str] = os.environ) -> bool:
+    """``MODELPLANE_TEST_REQUIRE_DOCKER=1``, or a CI (``CI`` set, as CI services do) unless
+    ``MODELPLANE_TEST_REQUIRE_DOCKER=0`` says otherwise."""
+    explicit = environ.get("MODELPLANE_TEST_REQUIRE_DOCKER")
+    if explicit is not None and explicit != "":
+        return explicit == "1"
+    return environ.get("CI", "").lower() not in ("", "0", "false")
 
 
 def cache_dir() -> Path:

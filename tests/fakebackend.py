@@ -113,6 +113,7 @@ class State:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "env": {name: os.environ.get(name) for name in env_names},
+            "tensor_split": self.args.tensor_split,
         }
 
 
@@ -454,6 +455,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=30.0,
         help="on SIGTERM, wait at most this long for in-flight requests",
+    )
+    p.add_argument(
+        "--tensor-split",
+        default=None,
+        metavar="A,B",
+        help="accepted like llama-server's (placement appends it); reported in /debug/stats",
     )
     p.add_argument(
         "--echo-env",

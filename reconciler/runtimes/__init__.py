@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from .base import Instance, Runtime, RuntimeUnavailable
 from .process import ProcessRuntime
@@ -15,6 +16,7 @@ class RuntimeSet:
     def __init__(self, state_dir: Path, docker_host: str | None = None) -> None:
         self.state_dir = state_dir
         self.docker_host = docker_host
+        self.on_pull: Callable[[Any], None] | None = None  # docker image pull progress
         self._runtimes: dict[str, Runtime] = {}
 
     def get(self, name: str) -> Runtime:
@@ -24,7 +26,7 @@ class RuntimeSet:
             elif name == "docker":
                 from .docker import DockerRuntime  # imported lazily: needs the docker SDK only
 
-                self._runtimes[name] = DockerRuntime(self.docker_host)
+                self._runtimes[name] = DockerRuntime(self.docker_host, on_pull=self.on_pull)
             else:
                 raise ValueError(f"unknown runtime {name!r}")
         return self._runtimes[name]

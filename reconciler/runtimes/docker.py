@@ -60,6 +60,7 @@ NETWORK_LABEL = "modelplane.network"  # "host" or "bridge"
 GPUS_LABEL = "modelplane.gpus"  # "0,1"; empty for none
 HEALTH_LABEL = "modelplane.health-path"  # what healthy() polls after an adoption
 BRIDGE_PORT = 8080  # the engine's port inside the container on a bridge network
+CONTAINER_PYTHON = "python3"  # ``{python}`` in a container: the image's interpreter, not ours
 POLL_INTERVAL = 0.1  # seconds between health probes while a container starts
 
 # create() arguments modelplane owns: extraArgs may not change them (ownership, reachability)
@@ -115,7 +116,8 @@ def container_kwargs(spec: LaunchSpec, port: int, bridge_network: str) -> dict[s
     options = spec.container
     bridge = options.network == "bridge"
     host, inner_port = ("0.0.0.0", BRIDGE_PORT) if bridge else ("127.0.0.1", port)
-    argv = render_command(spec.command, {"host": host, "port": str(inner_port)})
+    values = {"host": host, "port": str(inner_port), "python": CONTAINER_PYTHON}
+    argv = render_command(spec.command, values)
     if not argv:
         raise PermanentStartError(f"model {spec.model}: the engine has no command")
     labels = {
@@ -134,6 +136,10 @@ def container_kwargs(spec: LaunchSpec, port: int, bridge_network: str) -> dict[s
         "labels": labels,
         "environment": dict(spec.env),
         "init": True,  # PID 1 forwards SIGTERM and reaps zombies
+        # an image's own HEALTHCHECK probes its default port (llama.cpp: 8080), not the one
+        # modelplane assigned, and would mark a healthy backend "unhealthy"; modelplane probes
+        # health itself (extraArgs may set one anyway)
+        "healthcheck": {"test": ["NONE"]},
         "mounts": [Mount(path, path, type="bind", read_only=True) for path in spec.mounts],
     }
     if bridge:
@@ -311,7 +317,8 @@ class DockerRuntime:
                     continue
                 tail = ""
                 if attrs.get("State", {}).get("Status") in ("exited", "dead"):
-                    with contextlib.suppress(docker.errors.NotFound):  # removed meanwhile
+                    # NotFound: removed meanwhile; 409 Conflict: being removed (no logs then)
+                    with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                         tail = _decode(container.logs(tail=20))
                 out.append({"attrs": attrs, "tail": tail})
             return out

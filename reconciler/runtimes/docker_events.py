@@ -18,7 +18,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import docker
@@ -70,8 +70,13 @@ class ContainerEvents:
         *,
         reconnect_initial: float = 0.5,
         reconnect_max: float = 10.0,
+        on_connection: Callable[[bool], None] | None = None,
     ) -> None:
+        """``on_connection(connected)`` is called (in the event loop) when the stream is
+        subscribed and when it is lost (state changes only): a lost stream usually means the
+        daemon went away, which the consumer wants to know at once, not at its next resync."""
         self.base_url = base_url
+        self.on_connection = on_connection
         self.actions = actions
         self.reconnect_initial = reconnect_initial
         self.reconnect_max = reconnect_max
@@ -81,6 +86,7 @@ class ContainerEvents:
         self._thread: threading.Thread | None = None
         self._connected = threading.Event()
         self._started_at = 0.0
+        self._up: bool | None = None  # the last state reported to on_connection
 
     def _client(self) -> docker.DockerClient:
         if self.base_url:
@@ -104,6 +110,7 @@ class ContainerEvents:
                 client = self._client()
                 self._stream = client.events(decode=True, filters=filters, since=since)
                 self._connected.set()
+                self._notify(loop, True)
                 delay = self.reconnect_initial
                 for raw in self._stream:
                     event = parse_event(raw)
@@ -121,9 +128,19 @@ class ContainerEvents:
                 if client is not None:
                     with contextlib.suppress(Exception):
                         client.close()
+            if not self._closed.is_set():
+                self._notify(loop, False)
             if self._closed.wait(delay):
                 return
             delay = min(delay * 2, self.reconnect_max)
+
+    def _notify(self, loop: asyncio.AbstractEventLoop, connected: bool) -> None:
+        if self._up is connected:
+            return
+        self._up = connected
+        if self.on_connection is not None:
+            with contextlib.suppress(RuntimeError):  # the event loop is closing
+                loop.call_soon_threadsafe(self.on_connection, connected)
 
     def start(self) -> ContainerEvents:
         if self._thread is None:

@@ -57,7 +57,11 @@ class ProcessRuntime:
         reason = None
         if not alive:
             child = self._children.get(model)
-            code = child.poll() if child is not None else None
+            code = None
+            if child is not None:
+                # /proc already shows it dead; its exit status may take a moment to be reapable.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    code = child.wait(timeout=0.5)
             if code is not None:
                 reason = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
             else:

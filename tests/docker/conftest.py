@@ -1,13 +1,13 @@
 """Fixtures for the docker tests: one real dockerd per session, the test image, a runtime.
 
 Every test here is marked ``docker``. Without root or Debian's ``docker.io`` they skip with the
-reason; with ``MODELPLANE_TEST_REQUIRE_DOCKER=1`` (CI) that reason is a failure instead.
+reason; with ``MODELPLANE_TEST_REQUIRE_DOCKER=1`` or ``CI`` set (CI services set it) that reason
+is a failure instead (``MODELPLANE_TEST_REQUIRE_DOCKER=0`` allows the skip on such a CI).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from tests.docker_env import (
     IMAGE,
     DockerDaemon,
     DockerUnavailable,
+    docker_required,
     ensure_image,
     remove_test_leftovers,
     start_daemon,
@@ -37,7 +38,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def _unavailable(reason: str) -> None:
-    if os.environ.get("MODELPLANE_TEST_REQUIRE_DOCKER") == "1":
+    if docker_required():
         pytest.fail(f"docker tests required but no daemon: {reason}", pytrace=False)
     pytest.skip(f"no docker daemon: {reason}")
 
@@ -112,3 +113,13 @@ def fake_spec(model: str = "tiny", *args: str, **overrides: object) -> LaunchSpe
 def make_spec():
     """``make_spec(model, *fakebackend_args, **LaunchSpec_overrides)``."""
     return fake_spec
+
+
+@pytest.fixture
+def clean_docker(docker_daemon: DockerDaemon) -> Iterator[None]:
+    """After the test: the daemon running again, and no managed or test container left."""
+    yield
+    if docker_daemon.owned and not docker_daemon.running:
+        docker_daemon.start()
+    with contextlib.suppress(docker.errors.DockerException):
+        remove_test_leftovers(docker_daemon.client())

@@ -161,7 +161,16 @@ def test_plan_apply_adopt_status_events_logs(
     table = cli("status", "--dir", manifests.root)
     assert table.code == 0
     header, *lines = table.stdout.splitlines()
-    assert header.split() == ["MODEL", "PHASE", "SYNC", "RUNTIME", "ENDPOINT", "IDLE", "REASON"]
+    assert header.split() == [
+        "MODEL",
+        "PHASE",
+        "SYNC",
+        "RUNTIME",
+        "GPUS",
+        "ENDPOINT",
+        "IDLE",
+        "REASON",
+    ]
     assert [line.split()[:4] for line in lines if line.startswith(name)] == [
         [name, "(pinned)", "Ready", "Synced"]
     ]

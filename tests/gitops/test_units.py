@@ -31,12 +31,14 @@ def test_notifications_failed_once_per_streak_then_recovered() -> None:
     )
     assert classify(event("Failed", "f"), failing)[0] == "Failed"  # type: ignore[index]
     assert classify(event("Failed", "f"), failing) is None  # the same streak
+    assert classify(event("Crashed", "f"), failing) is None  # a crash continues it
     assert classify(event("Failed", "g"), failing)[0] == "Failed"  # type: ignore[index]
     assert classify(event("Recovered", "f"), failing)[0] == "Recovered"  # type: ignore[index]
     assert classify(event("Failed", "f"), failing)[0] == "Failed"  # type: ignore[index]
     assert classify(event("Applied"), failing) is not None and failing == set()
     assert classify(event("Failed", "g"), failing) is not None  # news again after a generation
-    for kind in ("Invalid", "PruneRefused", "GitSyncFailed"):
+    assert classify(event("Crashed", "h"), failing)[0] == "Failed"  # type: ignore[index]
+    for kind in ("Invalid", "PruneRefused", "GitSyncFailed", "RuntimeUnavailable"):
         assert classify(event(kind), failing)[0] == "Failed"  # type: ignore[index]
     assert classify(event("Unschedulable", "u"), failing)[0] == "Unschedulable"  # type: ignore[index]
     for kind in ("Started", "Stopped", "Unloaded", "Override", "BackendFailed"):

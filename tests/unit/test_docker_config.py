@@ -19,7 +19,7 @@ from reconciler.runtimes.docker import (
     instance_from_attrs,
 )
 from reconciler.runtimes.docker_events import parse_event
-from tests.docker_env import DockerUnavailable, debian_mirror, start_daemon
+from tests.docker_env import DockerUnavailable, debian_mirror, docker_required, start_daemon
 
 
 def spec(**overrides: object) -> LaunchSpec:
@@ -59,6 +59,7 @@ def test_host_networking_binds_loopback_on_the_allocated_port():
         True,
     )
     assert "device_requests" not in kwargs
+    assert kwargs["healthcheck"] == {"test": ["NONE"]}  # the image's own probes a wrong port
 
 
 def test_bridge_publishes_the_engine_port_on_loopback_only():
@@ -234,3 +235,19 @@ def test_no_root_no_daemon_with_a_clear_reason(monkeypatch):
 
     with pytest.raises(DockerUnavailable, match="dockerd must run as root"):
         start_daemon()
+
+
+@pytest.mark.parametrize(
+    ("environ", "required"),
+    [
+        ({}, False),
+        ({"MODELPLANE_TEST_REQUIRE_DOCKER": "1"}, True),
+        ({"CI": "true"}, True),
+        ({"CI": "1"}, True),
+        ({"CI": "false"}, False),
+        ({"CI": "true", "MODELPLANE_TEST_REQUIRE_DOCKER": "0"}, False),
+        ({"CI": "", "MODELPLANE_TEST_REQUIRE_DOCKER": ""}, False),
+    ],
+)
+def test_docker_tests_are_required_on_ci(environ, required):
+    assert docker_required(environ) is required
