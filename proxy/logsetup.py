@@ -17,6 +17,7 @@ from typing import IO, Any, Literal
 LogFormat = Literal["text", "json"]
 ACCESS = logging.getLogger("modelplane.access")
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+_SKIP = _STANDARD | {"color_message"}  # uvicorn's copy of the message with ANSI colour codes
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,7 +31,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in _SKIP and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

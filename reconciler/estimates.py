@@ -15,9 +15,18 @@ from .desired import Desired, DesiredModel
 from .vram import CannotEstimate, Estimate, GgufInfo, estimate
 from .weights.gguf_meta import read_gguf_metadata
 
+NOT_NEEDED = "not needed: runs without a GPU"
 
-def estimate_model(model: DesiredModel, path: str | None) -> Estimate | str:
-    """The model's estimate, or why there is none (the message names the fix)."""
+
+def estimate_model(model: DesiredModel, path: str | None, gpu_box: bool = True) -> Estimate | str:
+    """The model's estimate, or why there is none (the message names the fix).
+
+    A model that will not use a GPU (``gpus: none``, or ``auto`` on a box without GPUs) gets no
+    estimate: reading a GGUF header with a large vocabulary takes seconds, for nothing.
+    """
+    wanted = model.spec.gpus
+    if wanted == "none" or (wanted == "auto" and not gpu_box):
+        return NOT_NEEDED
     info: GgufInfo | None = None
     size: int | None = None
     location = Path(path).expanduser() if path else None
@@ -42,11 +51,12 @@ def estimate_all(
     desired: Desired,
     resolve_path: Callable[[DesiredModel], str | None],
     only: Collection[str] | None = None,
+    gpu_box: bool = True,
 ) -> dict[str, Estimate | str]:
     """Every model's estimate (or those named in ``only``); blocking file I/O, so async code
     runs it in a thread. ``resolve_path`` finds a hub source's file in the weights cache."""
     return {
-        name: estimate_model(model, model.spec.source.path or resolve_path(model))
+        name: estimate_model(model, model.spec.source.path or resolve_path(model), gpu_box)
         for name, model in desired.models.items()
         if only is None or name in only
     }
@@ -54,7 +64,7 @@ def estimate_all(
 
 def missing(estimates: Mapping[str, Estimate | str]) -> list[str]:
     """Models without an estimate yet (weights not downloaded when last looked)."""
-    return [name for name, e in estimates.items() if not isinstance(e, Estimate)]
+    return [n for n, e in estimates.items() if not isinstance(e, Estimate) and e != NOT_NEEDED]
 
 
 @lru_cache(maxsize=256)

@@ -68,7 +68,9 @@ async def read_state(
     """Inventory (NVML or the Node's list), estimates and the claims of what runs."""
     inventory = await asyncio.to_thread(read_inventory, node_gpus(desired.node))
     if estimates is None:
-        estimates = await asyncio.to_thread(estimate_all, desired, resolve_path)
+        estimates = await asyncio.to_thread(
+            estimate_all, desired, resolve_path, None, bool(inventory.gpus)
+        )
     claims, candidates = holders(desired, actual, {}, estimates, inventory, activity, time.time())
     pins = pins_problem(desired, inventory.gpus, desired.node.vram_reserve, estimates)
     reserve = desired.node.vram_reserve
@@ -251,8 +253,8 @@ def static_pins_problem(manifests: ManifestSet) -> ManifestError | None:
     if not isinstance(node.gpus, list) or where is None:
         return None
     desired = build_desired(manifests)
-    estimates = estimate_all(desired, lambda model: None)
     inventory = read_inventory(node_gpus(node))
+    estimates = estimate_all(desired, lambda model: None, None, bool(inventory.gpus))
     problem = pins_problem(desired, inventory.gpus, node.vram_reserve, estimates)
     if problem is None:
         return None

@@ -96,6 +96,9 @@ class ReconcileLoop:
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._placed: dict[str, tuple[Claim, ...]] = {}
         self._wakeup = asyncio.Event()
+        self._pass_wanted = False
+        self._last_pass_at = 0.0  # the ``now`` of the last pass's plan
+        self._sleeping_until = 0.0  # when the loop wakes up for the next pass
         self._reload = True
         self._pass_lock = asyncio.Lock()
         self._last_errors: list[str] = []
@@ -108,7 +111,14 @@ class ReconcileLoop:
     def trigger(self, reload: bool = False) -> None:
         """Ask for a pass soon (``reload``: re-read the manifests first)."""
         self._reload = self._reload or reload
+        self._pass_wanted = True
         self._wakeup.set()
+
+    def rearm(self, due: float) -> None:
+        """A stay-warm expiry is now due at ``due`` (a request ended): make the loop wake up
+        then if it sleeps longer, without asking for a pass now."""
+        if due < self._sleeping_until:
+            self._wakeup.set()
 
     async def wait_first_pass(self) -> None:
         await self._first_pass.wait()
@@ -116,13 +126,23 @@ class ReconcileLoop:
     async def run(self) -> None:
         """Passes until :meth:`stop`: on a trigger, at the next resync or stay-warm expiry."""
         while not self._stopping.is_set():
+            self._pass_wanted = False
+            self._wakeup.clear()
             try:
                 await self.pass_once()
             except Exception:  # a pass must never kill the service; the next one retries
                 log.exception("reconcile pass failed")
-            timeout = max(0.0, self._next_deadline() - time.time())
-            with contextlib.suppress(TimeoutError):
+            await self._sleep_until_due()
+
+    async def _sleep_until_due(self) -> None:
+        """Until a trigger or the next deadline; a :meth:`rearm` only recomputes the deadline."""
+        while not (self._pass_wanted or self._stopping.is_set()):
+            self._sleeping_until = self._next_deadline()
+            timeout = max(0.0, self._sleeping_until - time.time())
+            try:
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
+            except TimeoutError:
+                return
             self._wakeup.clear()
 
     async def watch(self) -> None:
@@ -199,7 +219,11 @@ class ReconcileLoop:
             if name in self.activity.held:
                 continue
             last = self.activity.last_used.get(name) or self._started_at(name) or now
-            deadline = min(deadline, last + model.spec.stay_warm + 0.05)
+            due = last + model.spec.stay_warm + 0.05
+            if due > self._last_pass_at:  # one due before the last pass was seen by it already
+                deadline = min(deadline, due)
+        if self.broken:  # a backend the proxy saw break is not gone yet: look again soon
+            deadline = min(deadline, now + 0.5)
         retries = [p.retry_at for p in self.phases.values() if p.retry_at and p.retry_at > now]
         if self.waiting_gpu:
             retries.append(now + 0.5)  # evictions settling: NVML may show the memory free
@@ -228,10 +252,12 @@ class ReconcileLoop:
             self.inventory = await asyncio.to_thread(read_inventory, node_gpus(self.desired.node))
             if retry := missing(self.estimates):  # weights may have arrived since
                 resolve = self.controller.executor.resolve_path
-                found = await asyncio.to_thread(estimate_all, self.desired, resolve, retry)
+                found = await asyncio.to_thread(
+                    estimate_all, self.desired, resolve, retry, bool(self.inventory.gpus)
+                )
                 self.estimates.update(found)
             await self._sync_ready()
-            now = time.time()
+            now = self._last_pass_at = time.time()
             try:
                 actions = plan(
                     self.desired,
@@ -368,7 +394,10 @@ class ReconcileLoop:
         self.manifests, self.desired = manifests, desired
         self.unschedulable_wait = desired.node.proxy.queue_timeout
         resolve = self.controller.executor.resolve_path
-        self.estimates = await asyncio.to_thread(estimate_all, desired, resolve)
+        self.inventory = await asyncio.to_thread(read_inventory, node_gpus(desired.node))
+        self.estimates = await asyncio.to_thread(
+            estimate_all, desired, resolve, None, bool(self.inventory.gpus)
+        )
 
     async def _sync_ready(self) -> None:
         """Adopt healthy backends we did not start; forget ones that are gone."""
@@ -391,11 +420,12 @@ class ReconcileLoop:
             if name in self.ready or name in self.busy or inst.endpoint is None:
                 continue
             if await self.controller.runtimes.get(inst.runtime).healthy(inst):
+                self.activity.wanted.discard(name)  # it runs: a wake's wish is fulfilled
                 self.broken.discard(name)
                 self.ready[name] = inst.endpoint
                 self._set_phase(name, "Ready")
                 self._resolve(name, inst.endpoint)
-            else:
+            elif name not in self.broken:  # a broken one still running is dying (or hung)
                 self._set_phase(name, "Starting", "health check not answering yet")
 
     # --- actions ----------------------------------------------------------------------------
@@ -426,8 +456,9 @@ class ReconcileLoop:
         if action.kind in ("stop", "unload", "evict", "recreate") and not cleanup:
             self.ready.pop(name, None)
             self._set_phase(name, "Draining", action.cause)
-        else:
+        elif action.kind in ("start", "recreate"):
             self._set_phase(name, "Starting", action.cause)
+        # a stop that cleans up after a crash keeps the phase: Failed, with its retry time
         task = asyncio.create_task(self._run_action(action), name=f"action {action}")
         self.busy[name] = task
         if action.kind == "evict":

@@ -16,6 +16,7 @@ import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -118,6 +119,7 @@ async def serve(
     )
     server = _Server(config)
     server.on_started = systemd.ready  # the socket is bound, after the lifespan's first pass
+    server.on_exit = service.end_followers
 
     def on_signal(sig: int) -> None:
         systemd.stopping()
@@ -138,10 +140,12 @@ class _Server(uvicorn.Server):
     """uvicorn re-raises a caught SIGTERM after its graceful shutdown, which would make the
     process die of the signal; modelplane handles the signals itself and exits 0.
 
-    ``on_started`` is called once the listening socket is bound (systemd's READY=1).
+    ``on_started`` is called once the listening socket is bound (systemd's READY=1);
+    ``on_exit`` runs when the stop begins (to end streams that never end on their own).
     """
 
     on_started: Callable[[], None] | None = None
+    on_exit: Callable[[], None] | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
@@ -151,6 +155,11 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if self.on_exit is not None:
+            self.on_exit()
 
 
 def run(coro: Coroutine[Any, Any, int]) -> int:

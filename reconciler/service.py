@@ -35,6 +35,9 @@ from .store import Event, ModelState
 log = logging.getLogger("modelplane.service")
 
 FLUSH_INTERVAL = 1.0  # seconds between batched writes of the request log and idle clocks
+# A wake waits a little past startupTimeout, so that a start that times out ends it with its
+# own reason and log lines (502) rather than a bare 503.
+WAKE_SLACK = 5.0
 
 
 class Service:
@@ -49,7 +52,8 @@ class Service:
         self._route_list: list[ModelRoute] = []
         self._created: dict[str, int] = {}  # when this process first saw each model
         self._records: list[RequestRecord] = []
-        self._followers: set[asyncio.Queue[Event]] = set()
+        self._followers: set[asyncio.Queue[Event | None]] = set()  # None: the stream ends
+        self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         controller.store.listeners.append(self._on_event)
         self.pull: PullMode | None = None  # Node.git
@@ -184,7 +188,7 @@ class Service:
                 phase.retry_at - now,
             )
         try:
-            return await self.loop.wake(model, spec.startup_timeout)
+            return await self.loop.wake(model, spec.startup_timeout + WAKE_SLACK)
         except WakeFailed as exc:
             phase = self.loop.phases.get(model)
             retry = max(1.0, (phase.retry_at or time.time()) - time.time()) if phase else 5.0
@@ -209,6 +213,8 @@ class Service:
             model_spec = desired.models.get(model) if desired else None
             if model_spec is not None and model_spec.spec.stay_warm == 0:
                 self.loop.trigger()  # stayWarm 0: unload right after use
+            elif model_spec is not None and not model_spec.pinned:
+                self.loop.rearm(time.time() + model_spec.spec.stay_warm)  # idle from now
 
     def backend_failed(self, model: str, reason: str) -> None:
         log.warning("backend failed: %s: %s", model, reason)
@@ -307,13 +313,21 @@ class Service:
         return [e.as_dict() for e in found]
 
     async def follow_events(self) -> AsyncIterator[dict[str, Any]]:
-        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=1000)
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=1000)
         self._followers.add(queue)
         try:
-            while True:
-                yield (await queue.get()).as_dict()
+            while not self._closing and (event := await queue.get()) is not None:
+                yield event.as_dict()
         finally:
             self._followers.discard(queue)
+
+    def end_followers(self) -> None:
+        """End every ``/api/events?follow=1`` stream (shutdown: an open follower would
+        otherwise hold the graceful stop for its whole grace period)."""
+        self._closing = True
+        for queue in self._followers:
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
 
     def _on_event(self, event: Event) -> None:
         for queue in self._followers:

@@ -1,9 +1,11 @@
 """What the proxy adds: the same requests straight to a fast fake backend and through the proxy.
 
-    PYTHONPATH=. python tests/bench/proxy_overhead.py [--requests 2000] [--rounds 2]
+    PYTHONPATH=. python tests/bench/proxy_overhead.py [--requests 2000] [--rounds 2] [--run]
 
 Starts a fake backend (no delays) and, in a separate process, the proxy (uvicorn + the app,
-uvloop/httptools when installed) with a static gateway that says the model is Ready. A small
+uvloop/httptools when installed) with a static gateway that says the model is Ready. With
+``--run`` the proxy is the real ``modelplane run`` instead (reconcile loop, request log, idle
+clocks and all), serving a pinned fake-backend model from a temporary manifest directory. A small
 keep-alive HTTP/1.1 load generator (raw asyncio streams, so the client costs the same on both
 paths) sends chat completions, plain and streamed, at concurrency 1 and 64, alternating direct
 and proxied rounds. Prints per case: latency p50/p99 direct and proxied, the added latency,
@@ -283,11 +285,16 @@ def main() -> int:
     parser.add_argument(
         "--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help="the proxy's loop"
     )
+    parser.add_argument(
+        "--run", action="store_true", help="measure the real `modelplane run` (not a static one)"
+    )
     parser.add_argument("--serve-proxy", metavar="BACKEND_URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_proxy:
         serve_proxy(args.serve_proxy, args.access_log, args.loop)
         return 0
+    if args.run:
+        return bench_run(args.requests, args.rounds)
 
     from tests.helpers.backend import start_fake_backend
 
@@ -317,6 +324,45 @@ def main() -> int:
         finally:
             proxy.terminate()
             proxy.wait(10)
+    return 0
+
+
+def bench_run(requests: int, rounds: int) -> int:
+    """The same benchmark against ``modelplane run`` and the backend it started."""
+    import tempfile
+
+    from tests.helpers.manifests import ManifestDir, doc, fake_engine_doc, model_doc
+    from tests.helpers.service import cleanup, start_service
+
+    with tempfile.TemporaryDirectory(prefix="modelplane-bench-") as tmp:
+        root = Path(tmp)
+        manifests = ManifestDir(root / "manifests")
+        manifests.write(
+            "bench.yaml",
+            doc("Node", "bench", {"runtime": "process", "gpus": "none"}),
+            fake_engine_doc("fake", "--tokens", "16"),
+            model_doc(MODEL, pin=True, maxConcurrency=1024),
+        )
+        state = root / "state"
+        service = start_service(manifests.root, state)
+        try:
+            entry = service.wait_phase(MODEL, "Ready", timeout=60)
+            backend_port = int(entry["endpoint"].rsplit(":", 1)[1])
+            print(
+                f"machine: {os.cpu_count()} CPUs, load average "
+                f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}; "
+                f"proxy: modelplane run, pid {service.process.pid}; backend {entry['endpoint']}"
+            )
+            try:
+                import uvloop
+
+                uvloop.install()
+            except ImportError:
+                pass
+            asyncio.run(bench(backend_port, service.port, requests, rounds))
+        finally:
+            service.stop()
+            cleanup(state)
     return 0
 
 

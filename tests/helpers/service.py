@@ -36,6 +36,7 @@ class ServiceProcess:
         self.port = port
         self.log_path = log_path
         self.state_dir = state_dir
+        self.api_key: str | None = None  # sent as a Bearer token by request() when set
 
     @property
     def url(self) -> str:
@@ -53,13 +54,22 @@ class ServiceProcess:
             return ""
 
     def request(
-        self, method: str, path: str, body: Any = None, timeout: float = 30.0
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        timeout: float = 30.0,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, Any]:
         """(status, decoded JSON or text) of one request; HTTP errors are returned, not raised."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             req.add_header("content-type", "application/json")
+        if self.api_key:
+            req.add_header("authorization", f"Bearer {self.api_key}")
+        for name, value in (headers or {}).items():
+            req.add_header(name, value)
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw, status = resp.read(), resp.status
@@ -162,8 +172,10 @@ def start_service(
     env: dict[str, str] | None = None,
     wait: bool = True,
     timeout: float = 30.0,
+    api_key: str | None = None,
 ) -> ServiceProcess:
-    """Start ``modelplane run manifest_dir`` on 127.0.0.1 and wait for /readyz (``wait``)."""
+    """Start ``modelplane run manifest_dir`` on 127.0.0.1 and wait for /readyz (``wait``).
+    ``api_key``: sent with the helper's own requests (for a Node with apiKeys)."""
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir.parent / f"modelplane-run-{port}.log"
@@ -176,6 +188,7 @@ def start_service(
             cwd=REPO,
         )
     service = ServiceProcess(process, port, log_path, state_dir)
+    service.api_key = api_key
     if wait:
         try:
             service.wait_ready(timeout)
