@@ -92,11 +92,14 @@ def test_run_records_each_commit_and_warns_about_uncommitted_changes(
         assert body["warnings"] == []
 
         manifests.write("b.yaml", model_doc("b"))  # the watcher applies it, uncommitted
-        body = wait_for(
-            lambda: (s := svc.status())["applied"]["dirty"] and s, "dirty generation", svc=svc
-        )
+
+        def dirty_with_b() -> dict | None:
+            body = svc.status()
+            names = {m["name"] for m in body["models"]}
+            return body if body["applied"]["dirty"] and names == {"a", "b"} else None
+
+        body = wait_for(dirty_with_b, "dirty generation with b", svc=svc)
         assert body["applied"]["commit"] == sha1
-        assert {m["name"] for m in body["models"]} == {"a", "b"}
         assert any("manifests/b.yaml" in w for w in body["warnings"]), body["warnings"]
 
         # a commit changes no file under the directory: the next resync notices it
@@ -105,9 +108,16 @@ def test_run_records_each_commit_and_warns_about_uncommitted_changes(
             lambda: (s := svc.status())["applied"]["commit"] == sha2 and s, "new commit", svc=svc
         )
         assert body["applied"]["dirty"] is False and body["warnings"] == []
-        applied = [e["message"] for e in svc.events() if e["kind"] == "Applied"]
         generation = body["applied"]["generation"]
-        assert applied[-1].startswith(f"generation {generation} from {sha2[:12]}")
+        wait_for(
+            lambda: any(
+                e["kind"] == "Applied"
+                and e["message"].startswith(f"generation {generation} from {sha2[:12]} (add b)")
+                for e in svc.events()
+            ),
+            "the Applied event",
+            svc=svc,
+        )
         assert svc.stop() == 0
 
     history = cli(state, "history", "--dir", manifests.root).stdout

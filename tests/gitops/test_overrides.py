@@ -114,7 +114,11 @@ def test_load_by_hand_holds_until_unloaded_or_the_manifest_changes(
         # the next change of w's manifest (here a field that does not restart it) ends the hold
         manifests.write("w.yaml", model_doc("w", stayWarm="1s", priority="high"))
         wait_for(lambda: svc.model("w")["override"] == "", "override ended", svc=svc)
-        ended = [e["message"] for e in svc.events("w") if e["kind"] == "OverrideEnded"]
+        ended = wait_for(
+            lambda: [e["message"] for e in svc.events("w") if e["kind"] == "OverrideEnded"],
+            "OverrideEnded",
+            svc=svc,
+        )
         assert ended == ["load by hand ended: its manifest changed"]
         svc.wait_phase("w", "Asleep")  # stayWarm applies again
 

@@ -82,7 +82,9 @@ def test_pull_mode_follows_commits_keeps_last_good_and_follows_force_pushes(
         sha3 = commit_all(repo, "typo in a")
         push(repo)
         body = wait_for(
-            lambda: (s := svc.status())["applied"]["commit"] == sha3 and s, "bad commit", svc=svc
+            lambda: (s := svc.status())["applied"]["commit"] == sha3 and s["errors"] and s,
+            "bad commit",
+            svc=svc,
         )
         (error,) = body["errors"]
         assert "a.yaml" in error and "unknown field spec.stayWarn" in error
@@ -117,7 +119,9 @@ def test_pull_mode_follows_commits_keeps_last_good_and_follows_force_pushes(
         )
         assert body["git"]["revision"] == sha4
         assert any("fetching" in w and "stays" in w for w in body["warnings"]), body["warnings"]
-        failed = [e for e in svc.events() if e["kind"] == "GitSyncFailed"]
+        failed = wait_for(
+            lambda: [e for e in svc.events() if e["kind"] == "GitSyncFailed"], "event", svc=svc
+        )
         assert len(failed) == 1
         assert f"{sha4[:12]} (b: 3 tokens) stays in force" in failed[0]["message"]
         # POST /api/reconcile fetches too, and reports the error without failing
@@ -128,7 +132,7 @@ def test_pull_mode_follows_commits_keeps_last_good_and_follows_force_pushes(
 
         shutil.move(remote.with_name("moved.git"), remote)
         wait_for(lambda: svc.status()["git"]["error"] is None, "fetching again", svc=svc)
-        assert "GitSyncRecovered" in kinds(svc)
+        wait_for(lambda: "GitSyncRecovered" in kinds(svc), "GitSyncRecovered", svc=svc)
         assert svc.stop() == 0
 
 
