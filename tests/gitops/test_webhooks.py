@@ -90,7 +90,12 @@ def test_failed_and_recovered_reach_the_webhook_and_down_webhooks_slow_nothing(
         assert generations == [f"generation {n}" for n in range(1, 6)]
 
         stats = svc.status()["notifications"]
-        assert len(stats) == 3 and sum(s["delivered"] for s in stats.values()) == len(got)
+        assert len(stats) == 3
+        wait_for(
+            lambda: sum(s["delivered"] for s in svc.status()["notifications"].values()) == len(got),
+            "the delivery counters",
+            svc=svc,
+        )
         began = time.monotonic()
         assert svc.stop() == 0
         assert time.monotonic() - began < 20.0, "shutdown waited for the webhooks that are down"
