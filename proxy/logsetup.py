@@ -57,6 +57,7 @@ def setup_logging(
     # Our access log replaces uvicorn's (which knows neither model nor tokens).
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per health probe otherwise
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's: one per hub call
     return handler
 
 

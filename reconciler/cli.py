@@ -27,7 +27,7 @@ from .controller import Controller, PassResult, PlanResult
 from .gpuplan import GpuState, estimate_json, placement_text, schedule_json, static_pins_problem
 from .loader import ManifestError
 from .schema import json_schema
-from .units import format_duration
+from .units import format_duration, format_size
 
 app = typer.Typer(
     name="modelplane",
@@ -114,6 +114,7 @@ def _plan_json(result: PlanResult) -> dict[str, Any]:
         "errors": [str(e) for e in result.manifests.errors],
         "refused": result.refused,
         "unavailable": result.unavailable,
+        "weightsProblems": result.weights_problems,
         "models": {
             name: {
                 "specHash": m.spec_hash,
@@ -171,13 +172,15 @@ def plan_command(
             err.print(f"runtime {runtime} unavailable: {why}", markup=False)
         if result.refused:
             err.print(result.refused, markup=False)
+        for name, problem in result.weights_problems.items():
+            err.print(f"{name}: weights unavailable: {problem}", markup=False)
         if result.gpus.pins:
             err.print(f"error: {result.gpus.pins}", markup=False)
         if result.actions or result.gpus.deferred:
             out.print(_actions_table(result))
         elif not result.refused:
             out.print("no changes: everything is as the manifests say")
-    if result.manifests.errors or result.refused or result.gpus.pins:
+    if result.manifests.errors or result.refused or result.gpus.pins or result.weights_problems:
         raise typer.Exit(1)
     raise typer.Exit(2 if result.actions or result.gpus.deferred else 0)
 
@@ -190,6 +193,7 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
     """
 
     pull_warning: str | None = None
+    from .weights_cli import DownloadBars
 
     async def go() -> PassResult:
         nonlocal pull_warning
@@ -198,12 +202,13 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
         controller = await _controller(directory)
         notifications = EventNotifications()
         try:
-            manifests, _ = await controller.load()
+            manifests, _ = await controller.load(online=False)
             node_name = manifests.node_doc.name if manifests.node_doc else None
             notifications.configure(manifests.node.notify, node_name)
             controller.store.listeners.append(notifications.on_event)
             pull_warning = await _pull(controller, fetch=True)
-            return await controller.apply(allow_empty=allow_empty)
+            with DownloadBars(err) as bars:
+                return await controller.apply(allow_empty=allow_empty, on_progress=bars.update)
         finally:
             await notifications.aclose()
             await controller.close()
@@ -221,6 +226,8 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
         err.print(f"runtime {runtime} unavailable: {why}", markup=False)
     if result.refused:
         err.print(result.refused, markup=False)
+    for name, problem in result.weights_problems.items():
+        err.print(f"FAIL  {name}: weights unavailable: {problem}", markup=False)
     if result.gpus.pins:
         err.print(f"error: {result.gpus.pins}", markup=False)
     for outcome in result.outcomes:
@@ -284,7 +291,7 @@ def down(directory: DirOption = Path(DEFAULT_DIR)) -> None:
         controller = await _controller(directory)
         try:
             try:
-                _, desired = await controller.load()
+                _, desired = await controller.load(online=False)
                 names = {"process", desired.node.runtime}
                 names |= {m.runtime for m in desired.models.values()}
             except FileNotFoundError:
@@ -349,7 +356,8 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("MODEL", "PHASE", "SYNC", "RUNTIME", "GPUS", "ENDPOINT", "IDLE", "REASON"):
+    columns = ("MODEL", "PHASE", "SYNC", "RUNTIME", "GPUS", "ENDPOINT", "IDLE", "REVISION")
+    for column in (*columns, "SIZE", "QUANT", "REASON"):
         table.add_column(column, overflow="fold")
     for row in rows:
         idle = format_duration(row.idle_for) if row.idle_for is not None else "-"
@@ -363,6 +371,9 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
             ",".join(map(str, row.gpus)) or "-",
             row.endpoint or "-",
             idle,
+            (row.revision or "-")[:12],
+            format_size(row.size) if row.size is not None else "-",
+            row.quantization or "-",
             escape(row.reason),
         )
     out.print(table)
@@ -417,7 +428,7 @@ def logs(
     async def go() -> str:
         controller = await _controller(directory)
         try:
-            _, desired = await controller.load()
+            _, desired = await controller.load(online=False)
             runtime = desired.models[model].runtime if model in desired.models else "process"
             return await controller.runtimes.get(runtime).logs(model, lines)
         finally:
@@ -515,6 +526,37 @@ def gpus(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False) 
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     out.print(gpu_table(state.inventory, state.all_claims, state.reserve))
+
+
+@app.command()
+def gc(
+    directory: DirArg = Path(DEFAULT_DIR),
+    yes: Annotated[bool, typer.Option("--yes", help="Delete them (else only list them).")] = False,
+    allow_empty: AllowEmpty = False,
+) -> None:
+    """List cached revisions no manifest or running model uses, with sizes; delete with --yes."""
+    from .weights_cli import gc_command
+
+    raise typer.Exit(_run(gc_command(directory, yes, allow_empty, out, err)))
+
+
+@app.command()
+def mirror(
+    directory: DirOption = Path(DEFAULT_DIR),
+    listen: Annotated[
+        str, typer.Option(help="HOST:PORT; loopback unless told otherwise (port 0: any free).")
+    ] = "127.0.0.1:8401",
+    token_file: Annotated[
+        Path | None, typer.Option(help="Require this bearer token (a file holding it).")
+    ] = None,
+) -> None:
+    """Serve this box's weights cache as a Hugging Face endpoint for air-gapped boxes (read-only).
+
+    On the other box: HF_ENDPOINT=http://THIS-BOX:8401 modelplane run ...
+    """
+    from .weights_cli import mirror_command
+
+    raise typer.Exit(mirror_command(directory, listen, token_file, out, err))
 
 
 @app.command("hash-key")

@@ -6,6 +6,7 @@ The CLI's ``plan``/``apply``/``status`` and the service's loop all go through a
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from typing import Any
 from . import manifests as manifest_sets
 from . import paths
 from .desired import Desired, build_desired
+from .downloads import ProgressListener, WeightsManager
 from .executor import Executor, Outcome
 from .gitinfo import GitInfo, changes_between, git_info_async
 from .gitsync import Revision
@@ -28,6 +30,7 @@ from .runtimes.base import Instance
 from .schema import NodeSpec
 from .status import ModelStatus, model_statuses
 from .store import Override, Store
+from .weights_plan import gate_downloads
 
 
 @dataclass
@@ -38,6 +41,7 @@ class PlanResult:
     actions: list[Action] = field(default_factory=list)
     refused: str | None = None  # the prune guard's message
     unavailable: dict[str, str] = field(default_factory=dict)  # runtime → why it can't be listed
+    weights_problems: dict[str, str] = field(default_factory=dict)  # model → why no weights
     gpus: GpuState = field(default_factory=GpuState)  # inventory, estimates, the schedule
 
 
@@ -52,7 +56,12 @@ class PassResult(PlanResult):
 
     @property
     def ok(self) -> bool:
-        return not self.failures and not self.refused and not self.unavailable
+        return (
+            not self.failures
+            and not self.refused
+            and not self.unavailable
+            and not self.weights_problems
+        )
 
 
 class Controller:
@@ -63,7 +72,8 @@ class Controller:
         self.store = store
         self.runtimes = runtimes
         runtimes.on_pull = PullEvents(store.add_event)  # image pulls show in the event log
-        self.executor = Executor(runtimes, store)
+        self.weights = WeightsManager(store)
+        self.executor = Executor(runtimes, store, resolve_path=self.weights.resolved_path)
         self.state_dir = runtimes.state_dir
         # Pull mode (Node.git): the clone's manifests are read beside the directory's, and the
         # revision checked out there is what generations record.
@@ -85,15 +95,19 @@ class Controller:
     async def close(self) -> None:
         await self.store.close()
 
-    async def load(self) -> tuple[ManifestSet, Desired]:
+    async def load(self, online: bool = True, persist: bool = True) -> tuple[ManifestSet, Desired]:
         """Manifests in force (falling back to last valid versions) and the desired state.
 
+        Hub sources are resolved to commits (``online``: ask the hub, else the last known
+        commits; ``persist``: remember them), so a moved branch is a new spec hash.
         Raises ``FileNotFoundError`` when the directory itself is missing.
         """
         manifests = manifest_sets.load(
             self.manifest_dir, await self.store.documents(), extra_roots=self.extra_dirs
         )
-        return manifests, build_desired(manifests)
+        self.weights.configure(manifests.node)
+        revisions = await self.weights.resolve_all(manifests, online=online, persist=persist)
+        return manifests, build_desired(manifests, revisions)
 
     async def observe(self, desired: Desired) -> tuple[list[Instance], dict[str, str]]:
         names = {"process", desired.node.runtime, *(m.runtime for m in desired.models.values())}
@@ -104,8 +118,10 @@ class Controller:
         activity: Mapping[str, Activity] | None = None,
         allow_empty: bool = False,
         now: float | None = None,
+        online: bool = True,
+        persist: bool = False,
     ) -> PlanResult:
-        manifests, desired = await self.load()
+        manifests, desired = await self.load(online=online, persist=persist)
         actual, unavailable = await self.observe(desired)
         result = PlanResult(manifests, desired, actual, unavailable=unavailable)
         activity = await self._activity(activity, manifests, desired)
@@ -116,48 +132,78 @@ class Controller:
             planned = [a for a in planned if a.model not in blind]
         except PruneRefused as exc:
             result.refused = str(exc)
-        else:  # where each start goes, and what must be evicted first
-            result.actions = schedule_into(result.gpus, planned, desired, actual)
+        else:
+            # no start before its weights are there; then where each start goes, and what must
+            # be evicted first
+            gated = gate_downloads(planned, desired, await self.weights.states(desired))
+            result.weights_problems = gated.problems
+            result.actions = schedule_into(result.gpus, gated.actions, desired, actual)
         return result
 
     async def apply(
-        self, activity: Mapping[str, Activity] | None = None, allow_empty: bool = False
+        self,
+        activity: Mapping[str, Activity] | None = None,
+        allow_empty: bool = False,
+        on_progress: ProgressListener | None = None,
     ) -> PassResult:
-        planned = await self.plan(activity, allow_empty)
+        planned = await self.plan(activity, allow_empty, persist=True)
         result = PassResult(**vars(planned))
         if not planned.refused:  # a refused (emptied) set must not wipe the last valid versions
             await self.store.replace_documents(i.stored() for i in planned.manifests.in_force())
         result.generation = await self._generation(planned)
+        for name, problem in planned.weights_problems.items():
+            await self.store.set_model_state(name, "Failed", problem)
         if result.refused:
             await self.store.add_event("PruneRefused", result.refused)
         else:  # (with nothing to do, it only forgets stale Unschedulable states)
-            result.outcomes = await converge(
-                self,
-                planned.desired,
-                planned.actions,
-                planned.gpus,
-                await self._activity(activity, planned.manifests, planned.desired),
-                result.generation,
+            result.outcomes = await self._download_then_converge(
+                planned, result.generation, on_progress, activity, allow_empty
             )
         outcome = "refused" if result.refused else "failed" if result.failures else "ok"
         await self.store.update_generation(result.generation, outcome, _summary(result))
         return result
 
+    async def _download_then_converge(
+        self,
+        planned: PlanResult,
+        generation: int,
+        on_progress: ProgressListener | None,
+        activity: Mapping[str, Activity] | None,
+        allow_empty: bool,
+    ) -> list[Outcome]:
+        """Downloads first (at most ``Node.maxDownloads`` at once), then the rest of a plan
+        made again: the starts that waited for their weights are in it now, placed on GPUs
+        with estimates that read the downloaded files."""
+        downloads = [a for a in planned.actions if a.kind == "download"]
+        outcomes = list(
+            await asyncio.gather(*(self.weights.download(a, on_progress) for a in downloads))
+        )
+        if any(o.ok for o in outcomes):
+            planned = await self.plan(activity, allow_empty, online=False, persist=True)
+        actions = [a for a in planned.actions if a.kind != "download"]
+        live = await self._activity(activity, planned.manifests, planned.desired)
+        return outcomes + await converge(
+            self, planned.desired, actions, planned.gpus, live, generation
+        )
+
     async def status(self, activity: Mapping[str, Activity] | None = None) -> list[ModelStatus]:
-        manifests, desired = await self.load()
+        manifests, desired = await self.load(online=False)
         actual, unavailable = await self.observe(desired)
         health = {}
         for inst in actual:
             if inst.state == "running":
                 health[inst.model] = await self.runtimes.get(inst.runtime).healthy(inst)
+        states = await self.store.model_states()
+        downloading = {name for name, s in states.items() if s.phase == "Downloading"}
         return model_statuses(
             desired,
             actual,
-            await self.store.model_states(),
+            states,
             await self._activity(activity, manifests, desired),
             health,
             time.time(),
             unavailable,
+            weights=await self.weights.info(desired, downloading, live=False),
             overrides={
                 name: describe(o) for name, o in (await self.overrides(manifests, desired)).items()
             },
@@ -165,7 +211,7 @@ class Controller:
 
     async def gpu_state(self, activity: Mapping[str, Activity] | None = None) -> GpuState:
         """The GPU inventory with the claims of the backends that run (``status``)."""
-        manifests, desired = await self.load()
+        manifests, desired = await self.load(online=False)
         actual, _ = await self.observe(desired)
         activity = await self._activity(activity, manifests, desired)
         return await read_state(desired, actual, activity, self.executor.resolve_path)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from .desired import Desired, DesiredModel
 from .vram import CannotEstimate, Estimate, GgufInfo, estimate
-from .weights.gguf_meta import read_gguf_metadata
 
 NOT_NEEDED = "not needed: runs without a GPU"
 
@@ -69,6 +68,8 @@ def missing(estimates: Mapping[str, Estimate | str]) -> list[str]:
 
 @lru_cache(maxsize=256)
 def _gguf_info(path: str, mtime_ns: int, size: int) -> GgufInfo:
+    from .weights.gguf_meta import read_gguf_metadata  # huggingface_hub: only when needed
+
     meta = read_gguf_metadata(path)
     shards = int(meta.get("split_count") or 1)
     return GgufInfo.from_mapping(

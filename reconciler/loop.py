@@ -22,8 +22,8 @@ import watchfiles
 
 from .activity import ActivityTracker
 from .controller import Controller
-from .desired import Desired
-from .estimates import estimate_all, missing
+from .desired import Desired, build_desired
+from .estimates import estimate_all, estimate_model, missing
 from .gpus import Inventory, node_gpus, read_inventory
 from .gputypes import Claim
 from .manifests import ManifestSet
@@ -33,6 +33,7 @@ from .runtimes.backoff import CrashBackoff
 from .runtimes.base import Instance
 from .scheduler import holders, instance_claims, schedule
 from .vram import Estimate
+from .weights_plan import gate_downloads
 
 log = logging.getLogger("modelplane.loop")
 
@@ -57,6 +58,10 @@ class WakeUnschedulable(Exception):
     """The model could not be placed on the GPUs for as long as a request may wait."""
 
 
+class WeightsUnavailable(WakeFailed):
+    """The model's weights cannot be had (revision unresolved, offline, download failed): 503."""
+
+
 class ReconcileLoop:
     def __init__(
         self,
@@ -79,6 +84,10 @@ class ReconcileLoop:
         self.broken: set[str] = set()  # taken out of ready by the proxy: did it crash?
         self.phases: dict[str, Phase] = {}
         self.busy: dict[str, asyncio.Task[None]] = {}
+        self.downloads: dict[str, asyncio.Task[None]] = {}  # in the background, beside `busy`
+        self.weights_problems: dict[str, str] = {}  # wanted, but no weights to be had: why
+        self._download_failed: dict[str, str] = {}  # model → spec hash whose download failed
+        self._resolved_at = 0.0
         self.backoff = CrashBackoff()
         self.inventory = Inventory()
         self.estimates: dict[str, Estimate | str] = {}
@@ -199,7 +208,8 @@ class ReconcileLoop:
     async def stop(self) -> None:
         self._stopping.set()
         self._wakeup.set()
-        for task in list(self.busy.values()):
+        self.controller.weights.close()
+        for task in [*self.busy.values(), *self.downloads.values()]:
             task.cancel()
         for waiter in self._waiters.values():
             if not waiter.done():
@@ -243,6 +253,8 @@ class ReconcileLoop:
             if self._reload or self.desired is None:
                 self._reload = False
                 await self._load()
+            elif time.time() - self._resolved_at >= self.desired.node.resync:
+                await self._refresh_revisions()
             if self.desired is None:
                 return
             before = self.unavailable
@@ -273,6 +285,7 @@ class ReconcileLoop:
                     self._refused = str(exc)
                     await self.controller.store.add_event("PruneRefused", str(exc))
             actions = [a for a in actions if a.model not in blind]  # unseen: nothing to do
+            actions = await self._gate_downloads(actions, now)
             for action in await self._schedule(actions, now):
                 self.dispatch(action, now)
             self.passes += 1
@@ -358,6 +371,53 @@ class ReconcileLoop:
         self._placed = result.claims
         return result.actions
 
+    async def _gate_downloads(self, actions: list[Action], now: float) -> list[Action]:
+        """Hold starts until the weights are there; plan downloads (see weights_plan)."""
+        assert self.desired is not None
+        desired = self.desired
+        blocked = {
+            name
+            for name, model in desired.models.items()
+            if not self.backoff.may_start(name, model.spec_hash, now)
+        }
+        states = await self.controller.weights.states(desired)
+        gated = gate_downloads(actions, desired, states, set(self.downloads), blocked)
+        retry_at = self._resolved_at + desired.node.resync
+        for name, problem in gated.problems.items():
+            if self.weights_problems.get(name) != problem:
+                await self.controller.store.add_event("Failed", f"weights: {problem}", name)
+                await self.controller.store.set_model_state(name, "Failed", problem, retry_at)
+            self._set_phase(name, "Failed", problem, retry_at)
+            self._fail_waiters(name, WeightsUnavailable(problem))
+            self.activity.wanted.discard(name)
+        for name in set(self.weights_problems) - set(gated.problems):
+            phase = self.phases.get(name)
+            if phase and phase.name == "Failed" and phase.reason == self.weights_problems[name]:
+                del self.phases[name]
+                await self.controller.store.clear_model_state(name)
+        self.weights_problems = gated.problems
+        return gated.actions
+
+    async def _refresh_revisions(self) -> None:
+        """At each resync: ask the hub again; a moved branch is a new spec hash (recreate)."""
+        assert self.manifests is not None
+        self._resolved_at = time.time()
+        revisions = await self.controller.weights.resolve_all(self.manifests)
+        desired = build_desired(self.manifests, revisions)
+        assert self.desired is not None
+        changed = {
+            name: model
+            for name, model in desired.models.items()
+            if name in self.desired.models
+            and self.desired.models[name].spec_hash != model.spec_hash
+        }
+        self.desired = desired
+        if changed:
+            resolve = self.controller.executor.resolve_path
+            for name, model in changed.items():
+                path = model.spec.source.path or resolve(model)
+                self.estimates[name] = await asyncio.to_thread(estimate_model, model, path)
+
     async def _load(self) -> None:
         store = self.controller.store
         try:
@@ -365,6 +425,7 @@ class ReconcileLoop:
         except FileNotFoundError as exc:
             self.load_error = str(exc)  # keep what is in force; nothing stops
             return
+        self._resolved_at = time.time()
         self.load_error = None
         errors = [str(e) for e in manifests.errors]
         if desired.models or self.allow_empty:  # an emptied set must not wipe the last valid
@@ -439,6 +500,8 @@ class ReconcileLoop:
         (``manual``) drains the requests in flight first.
         """
         name = action.model
+        if action.kind == "download":
+            return self._start_download(action)
         if name in self.busy:
             return None
         if action.kind in ("unload", "evict") and self.activity.busy(name) and not manual:
@@ -505,6 +568,40 @@ class ReconcileLoop:
             self.evicting.discard(name)
             self.trigger()
 
+    def _start_download(self, action: Action) -> asyncio.Task[None] | None:
+        """Downloads run beside the model's other actions: they never block them, or requests."""
+        name = action.model
+        if name in self.downloads:
+            return None
+        if name not in self.ready:
+            self._set_phase(name, "Downloading", action.cause)
+        task = asyncio.create_task(self._run_download(action), name=f"action {action}")
+        self.downloads[name] = task
+        return task
+
+    async def _run_download(self, action: Action) -> None:
+        name = action.model
+        try:
+            outcome = await self.controller.weights.download(action)
+            model = self.desired.models.get(name) if self.desired else None
+            if outcome.ok:  # (the next pass estimates its VRAM from the files)
+                self._download_failed.pop(name, None)
+                if name not in self.ready:
+                    self._set_phase(name, "Asleep", "weights ready")
+            else:
+                self._download_failed[name] = model.spec_hash if model else ""
+                self._fail_waiters(name, WeightsUnavailable(outcome.message))
+                self.activity.wanted.discard(name)
+                self._record_failure(name, outcome.message, permanent=outcome.permanent)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("download %s failed", action)
+            self._record_failure(name, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.downloads.pop(name, None)
+            self.trigger()
+
     def _record_failure(
         self,
         name: str,
@@ -554,6 +651,7 @@ class ReconcileLoop:
         endpoint = self.ready.get(name)
         if endpoint is not None:
             return endpoint
+        self._weights_unavailable(name)
         waiter = self._waiters.get(name)
         if waiter is None or waiter.done():
             waiter = asyncio.get_running_loop().create_future()
@@ -575,6 +673,17 @@ class ReconcileLoop:
                 self.activity.wanted.discard(name)
                 self.unschedulable_since.pop(name, None)
                 raise WakeUnschedulable(phase.reason if phase else "cannot be placed")
+
+    def _weights_unavailable(self, name: str) -> None:
+        """Fail a wake at once when no download will bring the weights until something changes."""
+        model = self.desired.models.get(name) if self.desired else None
+        if model is None:
+            return
+        if name in self.weights_problems:
+            raise WeightsUnavailable(self.weights_problems[name])
+        failure = self.backoff.get(name, model.spec_hash)
+        if failure and failure.permanent and self._download_failed.get(name) == model.spec_hash:
+            raise WeightsUnavailable(failure.reason)
 
     def _resolve(self, name: str, endpoint: str) -> None:
         waiter = self._waiters.pop(name, None)

@@ -5,8 +5,8 @@ What ``POST /api/models/{name}/load`` and ``/unload`` mean (issue 3 item 4, issu
 - ``load`` of an unpinned model starts it and *holds* it like a pin: no stay-warm unload, restarted
   after a crash, never evicted for another model. The hold is remembered in the state database
   (it survives a resync and a restart of modelplane) and ends with ``unload`` or at the next change
-  of the model's manifest: any edit of its document (``stayWarm`` and ``pin`` included) or of its
-  effective spec (a changed Engine). From then on the manifest alone decides again.
+  of the model's manifest: any edit of its document (``stayWarm`` and ``pin`` included) or of the
+  Engine it runs on. From then on the manifest alone decides again.
 - ``unload`` of an unpinned model ends a hold and unloads it now (requests in flight finish first).
   Nothing more is remembered: the model is asleep as usual and the next request wakes it, as
   llama-swap and Ollama users expect.
@@ -34,16 +34,17 @@ from .store import Override, Store
 LOAD = "load"
 
 
-def manifest_digest(body: Mapping[str, Any], spec_hash: str) -> str:
-    """What "the model's manifest changed" compares: its document and its effective spec."""
-    payload = json.dumps([body, spec_hash], sort_keys=True, default=str)
+def manifest_digest(body: Mapping[str, Any], engine: Any) -> str:
+    """What "the model's manifest changed" compares: its document and the Engine it runs on
+    (not a hub branch that moved: that recreates the model, but it is no edit of a manifest)."""
+    payload = json.dumps([body, engine], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def manifest_digests(manifests: ManifestSet, desired: Desired) -> dict[str, str]:
     """The digest of every model in force (an invalid edit keeps the last valid version's)."""
     return {
-        name: manifest_digest(item.body, desired.models[name].spec_hash)
+        name: manifest_digest(item.body, desired.models[name].engine.model_dump(mode="json"))
         for name, item in manifests.models.items()
         if name in desired.models
     }

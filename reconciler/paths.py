@@ -36,3 +36,10 @@ def cache_dir(node: NodeSpec) -> Path:
 
 def database_path(node: NodeSpec) -> Path:
     return state_dir(node) / "modelplane.db"
+
+
+def hub_cache(node: NodeSpec) -> Path:
+    """The hub cache inside ``cacheDir``: ``cacheDir`` is an ``HF_HOME``, so weights live in its
+    ``hub/`` folder, where ``HF_HOME=<cacheDir> hf cache scan`` (and every other huggingface_hub
+    tool) finds them."""
+    return cache_dir(node) / "hub"

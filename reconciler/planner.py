@@ -23,7 +23,8 @@ from .desired import Desired, DesiredModel, changed_fields
 from .runtimes.base import Instance
 from .units import format_duration
 
-ActionKind = Literal["start", "stop", "recreate", "unload", "evict"]
+# ``download`` is never planned here: reconciler.weights_plan adds it (weights before a start)
+ActionKind = Literal["start", "stop", "recreate", "unload", "evict", "download"]
 GpuPlacement = tuple[tuple[int, ...] | None, tuple[str, ...]]  # (GPU indices or None, split args)
 
 

@@ -12,8 +12,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from types import FrameType
@@ -76,7 +78,7 @@ async def serve(
     notifier = SystemdNotifier.from_environ()
     controller = await Controller.open(directory)
     try:
-        manifests, _ = await controller.load()
+        manifests, _ = await controller.load(online=False)
     except FileNotFoundError as exc:
         log.error("%s", exc)
         await controller.close()
@@ -170,7 +172,24 @@ def run(coro: Coroutine[Any, Any, int]) -> int:
 
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
+        code = runner.run(coro)
+    _abandon_stalled_downloads(code)
+    return code
+
+
+def _abandon_stalled_downloads(code: int, grace: float = 5.0) -> None:
+    """A download whose socket read is stalled cannot be interrupted, and huggingface_hub's file
+    workers would hold the interpreter's exit until the hub answers: exit without them (the
+    download starts over on the next ``modelplane run``)."""
+    from .weights.service import lingering_threads
+
+    stalled = lingering_threads(grace)
+    if stalled:
+        log.warning("exiting with %d download(s) still stalled on the hub", len(stalled))
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _has(module: str) -> bool:

@@ -24,7 +24,7 @@ from .controller import Controller
 from .gitinfo import GitInfo, git_info_async
 from .gpus import Inventory, inventory_json
 from .gputypes import Claim
-from .loop import ReconcileLoop, WakeFailed, WakeUnschedulable
+from .loop import ReconcileLoop, WakeFailed, WakeUnschedulable, WeightsUnavailable
 from .notify import display_url
 from .overrides import manifest_digests
 from .planner import Action
@@ -66,6 +66,7 @@ class Service:
     async def start(self) -> None:
         """Continue idle clocks from the database, run the first pass, start the loop."""
         self.activity.last_used.update(await self.controller.store.last_used())
+        await self.controller.weights.forget_interrupted()
         await self.loop.overrides.restore()
         self.activity.held = self.loop.overrides.held
         await self._start_ops()
@@ -189,6 +190,10 @@ class Service:
             )
         try:
             return await self.loop.wake(model, spec.startup_timeout + WAKE_SLACK)
+        except WeightsUnavailable as exc:
+            phase = self.loop.phases.get(model)
+            retry = max(1.0, (phase.retry_at or 0) - time.time()) if phase else 30.0
+            raise Unavailable(f"{model}: weights unavailable: {exc}", 503, retry) from None
         except WakeFailed as exc:
             phase = self.loop.phases.get(model)
             retry = max(1.0, (phase.retry_at or time.time()) - time.time()) if phase else 5.0
@@ -196,6 +201,10 @@ class Service:
         except WakeUnschedulable as exc:
             raise Unavailable(f"{model} cannot be placed: {exc}", 503, 30.0) from None
         except TimeoutError:
+            if model in self.loop.downloads:
+                raise Unavailable(
+                    f"{model} is still downloading its weights; retry later", 503, 30.0
+                ) from None
             raise Unavailable(
                 f"{model} did not become ready within {spec.startup_timeout:.0f}s (startupTimeout)",
                 503,
@@ -259,6 +268,7 @@ class Service:
             if p.name in ("Failed", "Unschedulable", "Starting", "Draining", "Downloading")
         }
         health = {name: True for name in self.loop.ready}
+        weights = await self.controller.weights.info(desired, set(self.loop.downloads))
         rows = model_statuses(
             desired,
             self.loop.actual,
@@ -267,6 +277,7 @@ class Service:
             health,
             time.time(),
             self.loop.unavailable,
+            weights=weights,
             overrides=self.loop.overrides.descriptions(),
         )
         models = []

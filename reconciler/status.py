@@ -10,6 +10,8 @@ from .desired import Desired
 from .planner import Activity
 from .runtimes.base import Instance
 from .store import ModelState
+from .units import format_size
+from .weights_plan import WeightsInfo
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class ModelStatus:
     idle_for: float | None = None
     where: str = ""  # path:line:col of the manifest in force
     override: str = ""  # a manual override in force (loaded by hand), in words
+    revision: str | None = None  # hub sources: the commit it runs, else the one resolved
+    size: int | None = None  # bytes of the model's files
+    quantization: str | None = None  # from the GGUF header
+    download: dict[str, int] | None = None  # under way: {"done": bytes, "total": bytes}
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -41,6 +47,7 @@ def model_statuses(
     now: float,
     unavailable: Mapping[str, str] | None = None,
     overrides: Mapping[str, str] | None = None,
+    weights: Mapping[str, WeightsInfo] | None = None,
 ) -> list[ModelStatus]:
     """One row per model the manifests want, plus managed instances no manifest wants.
 
@@ -77,6 +84,12 @@ def model_statuses(
         else:
             sync = "Synced"
         last = use.last_used or (inst.started_at if inst else None)
+        info = (weights or {}).get(name, WeightsInfo())
+        download = None
+        if info.done is not None and info.total is not None:
+            download = {"done": info.done, "total": info.total}
+            if phase == "Downloading":
+                reason = _download_reason(info.done, info.total, reason)
         rows.append(
             ModelStatus(
                 name=name,
@@ -91,9 +104,28 @@ def model_statuses(
                 idle_for=(now - last) if (last and inst and inst.state == "running") else None,
                 where=model.where if model else "",
                 override=(overrides or {}).get(name, ""),
+                revision=_running_revision(inst) or info.revision,
+                size=info.size,
+                quantization=info.quantization,
+                download=download,
             )
         )
     return rows
+
+
+def _running_revision(inst: Instance | None) -> str | None:
+    """The commit a running backend was started on (a moved branch shows until recreated)."""
+    if inst is None or inst.state != "running" or not inst.spec:
+        return None
+    hub = (inst.spec.get("source") or {}).get("huggingface")
+    return hub.get("revision") if isinstance(hub, dict) else None
+
+
+def _download_reason(done: int, total: int, why: str) -> str:
+    """``12.0 MiB of 40.0 MiB (30%)``, then why it downloads."""
+    share = f" ({100 * done // total}%)" if total else ""
+    figures = f"{format_size(done)} of {format_size(total)}{share}"
+    return f"{figures}: {why}" if why else figures
 
 
 def _phase(inst: Instance | None, remembered: ModelState | None, healthy: bool) -> tuple[str, str]:

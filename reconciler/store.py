@@ -73,7 +73,30 @@ MIGRATIONS: list[str] = [
         completion_tokens INTEGER
     );
     """,
-    # 2: manual overrides (POST /api/models/{name}/load), kept until the model's manifest changes
+    # 2: weights — hub revisions resolved to commits, and per-file size, verification, GGUF header
+    """
+    CREATE TABLE weights_revisions (
+        repo TEXT NOT NULL,
+        revision TEXT NOT NULL,
+        globs TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        resolution TEXT NOT NULL,
+        resolved_at REAL NOT NULL,
+        PRIMARY KEY (repo, revision, globs)
+    );
+    CREATE TABLE weights_files (
+        repo TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT,
+        fingerprint TEXT,
+        verified_at REAL,
+        gguf TEXT,
+        PRIMARY KEY (repo, commit_sha, path)
+    );
+    """,
+    # 3: manual overrides (POST /api/models/{name}/load), kept until the model's manifest changes
     """
     CREATE TABLE overrides (
         model TEXT PRIMARY KEY,

@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huggingface_hub import constants
+
 from .errors import TokenFileError
+
+# modelplane talks to the one hub it is told to, and only for files: huggingface_hub's telemetry
+# (user-agent details, and a daily fetch of an "agent harness" registry from the endpoint, without
+# the token, cached in the user's ~/.cache) stays off unless HF_HUB_DISABLE_TELEMETRY says so.
+if "HF_HUB_DISABLE_TELEMETRY" not in os.environ:
+    constants.HF_HUB_DISABLE_TELEMETRY = True
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = {"1", "on", "yes", "true"}

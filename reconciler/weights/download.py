@@ -32,7 +32,7 @@ from huggingface_hub import snapshot_download
 from . import dedupe, layout
 from .config import HubSettings
 from .disk import DEFAULT_MARGIN, FreeSpace, check_space, free_space
-from .errors import HubUnreachable, NotCachedError, VerificationError
+from .errors import DownloadCancelled, HubUnreachable, NotCachedError, VerificationError
 from .resolve import LIBRARY_NAME, RemoteFile, Resolution, hub_errors, resolve
 from .verify import FileProblem, SnapshotCheck, check_file, check_snapshot
 
@@ -115,13 +115,15 @@ def ensure_downloaded(
     measure: FreeSpace = free_space,
     file_workers: int = FILE_WORKERS,
     poll_interval: float = 0.5,
+    cancel: threading.Event | None = None,
 ) -> DownloadResult:
     """Make every file of ``resolution`` present and verified under ``cache_dir`` (blocking).
 
     Files fetched now are always hashed. ``rehash=False`` checks files already cached by size
     only, for a caller that recorded an earlier full verification of this commit.
     Raises :class:`NotCachedError` offline with files missing, :class:`InsufficientDisk`,
-    :class:`HubError`/:class:`HubUnreachable`, :class:`VerificationError`.
+    :class:`HubError`/:class:`HubUnreachable`, :class:`VerificationError`, and
+    :class:`DownloadCancelled` once ``cancel`` is set (at the next chunk of data).
     """
     settings = settings or HubSettings()
     cache_dir = Path(cache_dir)
@@ -135,7 +137,7 @@ def ensure_downloaded(
     check_space(cache_dir, work.bytes_to_fetch, margin=margin, measure=measure)
     _prepare(cache_dir, resolution, work)  # from here on the cache changes
     with _Poller(cache_dir, resolution, progress, poll_interval):
-        refetched = _fetch_verified(cache_dir, resolution, settings, work, file_workers)
+        refetched = _fetch_verified(cache_dir, resolution, settings, work, file_workers, cancel)
     if resolution.revision != resolution.commit:
         layout.write_ref(cache_dir, resolution.repo, resolution.revision, resolution.commit)
     _share(cache_dir, resolution, work.to_fetch)
@@ -206,12 +208,13 @@ def _fetch_verified(
     settings: HubSettings,
     work: _Work,
     workers: int,
+    cancel: threading.Event | None = None,
 ) -> tuple[FileProblem, ...]:
     """Fetch ``work.todo`` and hash it; a file that fails is fetched once more, then it is fatal.
 
     Returns the problems found in freshly fetched files (each was fetched again successfully).
     """
-    _snapshot_download(cache_dir, resolution, settings, list(work.todo), workers)
+    _snapshot_download(cache_dir, resolution, settings, list(work.todo), workers, cancel)
     fetched = {r.path for r in work.to_fetch}  # the rest was hashed before it was linked
     failed = [
         (remote, FileProblem(remote.path, problem))
@@ -223,7 +226,7 @@ def _fetch_verified(
     for remote, problem in failed:
         log.warning("%s: %s after download; fetching it again", remote.path, problem.reason)
         _remove(cache_dir, resolution, remote)
-    _snapshot_download(cache_dir, resolution, settings, [r for r, _ in failed], workers)
+    _snapshot_download(cache_dir, resolution, settings, [r for r, _ in failed], workers, cancel)
     still = [
         (remote, FileProblem(remote.path, problem))
         for remote, _ in failed
@@ -296,6 +299,7 @@ def _snapshot_download(
     settings: HubSettings,
     files: list[RemoteFile],
     workers: int,
+    cancel: threading.Event | None = None,
 ) -> None:
     if not files:
         return
@@ -309,7 +313,7 @@ def _snapshot_download(
             token=settings.token_arg,
             allow_patterns=[glob.escape(f.path) for f in files],
             max_workers=workers,
-            tqdm_class=_QuietBar,  # type: ignore[arg-type]
+            tqdm_class=type("_QuietBar", (_QuietBar,), {"cancel": cancel}),
             library_name=LIBRARY_NAME,
         )
     # snapshot_download returns a partial snapshot when the hub stops answering mid-way
@@ -425,7 +429,11 @@ class _QuietBar:
     """A progress bar that shows nothing: modelplane reports progress itself (see ``_Poller``).
 
     Implements the part of tqdm's interface ``snapshot_download`` uses; any other method is a no-op.
+    It is also the one hook into huggingface_hub's transfer loop (``update`` runs for every chunk
+    received), so it is where a download stops when ``cancel`` is set.
     """
+
+    cancel: threading.Event | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.n = kwargs.get("initial", 0) or 0
@@ -439,6 +447,8 @@ class _QuietBar:
         return None
 
     def update(self, n: float | None = 1) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise DownloadCancelled("download cancelled: modelplane is stopping")
         self.n += n or 0
 
     def __getattr__(self, name: str) -> Callable[..., None]:

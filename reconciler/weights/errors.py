@@ -59,6 +59,10 @@ class VerificationError(WeightsError):
     retryable = False
 
 
+class DownloadCancelled(WeightsError):
+    """The download was stopped on purpose (shutdown); its partial file is deleted."""
+
+
 class TokenFileError(WeightsError):
     """``Node.hfTokenFile`` names a file that cannot be read (its content is never shown)."""
 

@@ -69,6 +69,22 @@ class DropConnection:
             return False
 
 
+@dataclass
+class HoldBody:
+    """Test fault: send the first ``after_bytes`` of a file's body, then wait for ``release``
+    (at most ``timeout`` seconds) before the rest: a download that stays under way until the
+    test has looked at it."""
+
+    path_suffix: str
+    after_bytes: int = 0
+    release: threading.Event = field(default_factory=threading.Event)
+    reached: threading.Event = field(default_factory=threading.Event)  # a body is being held
+    timeout: float = 60.0
+
+    def matches(self, path: str) -> bool:
+        return path.endswith(self.path_suffix) and not self.release.is_set()
+
+
 class MirrorServer:
     """The mirror over one cache directory, run in a background thread or in the foreground."""
 
@@ -86,6 +102,7 @@ class MirrorServer:
         self.record = record
         self.requests: list[RequestRecord] = []
         self.faults: list[DropConnection] = []
+        self.holds: list[HoldBody] = []
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         server_cls = _V6Server if ":" in host else _Server
@@ -414,9 +431,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fault = next((d for d in self.mirror.faults if d.take(f.path)), None)
         count = min(length, fault.after_bytes) if fault else length
+        hold = next((h for h in self.mirror.holds if h.matches(f.path)), None)
         with f.blob.open("rb") as src:
             self.wfile.flush()
-            self.connection.sendfile(src, offset=start, count=count)
+            if hold is not None and not fault:
+                first = min(count, hold.after_bytes)
+                if first:
+                    self.connection.sendfile(src, offset=start, count=first)
+                hold.reached.set()
+                hold.release.wait(hold.timeout)
+                start, count = start + first, count - first
+            if count:
+                self.connection.sendfile(src, offset=start, count=count)
         if fault:
             log.debug("fault: dropping the connection after %d bytes of %s", count, f.path)
             self.close_connection = True

@@ -34,6 +34,9 @@ from .config import HubSettings
 from .errors import HubError, HubUnreachable, NoMatchingFiles, NotCachedError, redact
 
 LIBRARY_NAME = "modelplane"
+#: Seconds an API call may wait for the hub (huggingface_hub's default is no limit): a hub that
+#: stops answering must not hold a reconcile pass; the cache and the state database answer then.
+API_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,11 @@ def resolve_remote(
     api = HfApi(endpoint=settings.endpoint, library_name=LIBRARY_NAME)
     with hub_errors(settings, f"{repo}@{revision}"):
         info = api.model_info(
-            repo, revision=revision, files_metadata=True, token=settings.token_arg
+            repo,
+            revision=revision,
+            files_metadata=True,
+            token=settings.token_arg,
+            timeout=API_TIMEOUT,
         )
     if not info.sha or not info.siblings:
         raise HubError(f"{settings.endpoint} returned no commit or file list for {repo}@{revision}")

@@ -169,6 +169,9 @@ def test_plan_apply_adopt_status_events_logs(
         "GPUS",
         "ENDPOINT",
         "IDLE",
+        "REVISION",
+        "SIZE",
+        "QUANT",
         "REASON",
     ]
     assert [line.split()[:4] for line in lines if line.startswith(name)] == [

@@ -50,7 +50,7 @@ def test_an_override_ends_when_its_models_manifest_changes_or_goes() -> None:
     digest = manifest_digest(body, "hash1")
     assert digest == manifest_digest({"spec": {"stayWarm": "1s"}}, "hash1")
     assert digest != manifest_digest({"spec": {"stayWarm": "2s"}}, "hash1")  # any field
-    assert digest != manifest_digest(body, "hash2")  # the effective spec (its Engine changed)
+    assert digest != manifest_digest(body, "hash2")  # its Engine changed
     overrides = {
         "same": Override("same", "load", digest, NOW),
         "edited": Override("edited", "load", digest, NOW),

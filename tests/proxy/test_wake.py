@@ -11,7 +11,7 @@ import pytest
 from proxy import ProxySettings
 from tests.proxy.conftest import MakeProxy
 from tests.proxy.fakegateway import FakeModel
-from tests.proxy.util import assert_balanced, chat_body, data_events, sse_lines
+from tests.proxy.util import assert_balanced, chat_body, data_events, sse_lines, wait_until
 
 SLOW_START = FakeModel("sleepy", backend_args=("--startup-delay", "1.0"))
 
@@ -99,6 +99,8 @@ def test_wake_failure_during_a_stream_ends_it_with_an_error_event(make_proxy: Ma
     assert lines[0].startswith(": loading broken")
     error = data_events(lines)[-1]["error"]
     assert error["code"] == "model_unavailable" and "failed to start" in error["message"]
+    # The request is logged once the response has finished, just after the client's last byte.
+    wait_until(lambda: bool(proxy.gateway.records), what="the request record")
     assert proxy.gateway.records[-1].status == 503
 
 
