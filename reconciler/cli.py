@@ -202,7 +202,7 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
         controller = await _controller(directory)
         notifications = EventNotifications()
         try:
-            manifests, _ = await controller.load(online=False)
+            manifests, _ = await controller.load(online=False, persist=False)
             node_name = manifests.node_doc.name if manifests.node_doc else None
             notifications.configure(manifests.node.notify, node_name)
             controller.store.listeners.append(notifications.on_event)

@@ -150,7 +150,7 @@ async def attach_for_cli(controller: Controller, fetch: bool) -> tuple[PullMode 
     """Pull mode for one CLI command: ``apply`` fetches once, ``plan``/``status`` read what is
     checked out. Returns the pull mode (None without ``Node.git``) and a warning to print."""
     try:
-        manifests, _ = await controller.load()
+        manifests, _ = await controller.load(online=False, persist=False)  # the Node only
     except FileNotFoundError:
         return None, None
     spec = manifests.node.git

@@ -82,7 +82,7 @@ class Service:
     async def _start_ops(self) -> None:
         """Webhooks and pull mode, from the directory's Node manifest, before the first pass."""
         try:
-            manifests, _ = await self.controller.load()
+            manifests, _ = await self.controller.load(online=False, persist=False)
         except FileNotFoundError:
             return
         node_name = manifests.node_doc.name if manifests.node_doc else None
