@@ -59,9 +59,11 @@ RUN useradd --system --uid 10001 --user-group --create-home \
         --home-dir /var/lib/modelplane --shell /usr/sbin/nologin modelplane
 # the same base image in both stages, so the venv's python link stays valid
 COPY --from=builder /opt/modelplane /opt/modelplane
+# MODELPLANE_STATE_DIR: the volume (a non-root user would otherwise get ~/.local/state/modelplane)
 ENV PATH=/opt/modelplane/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    MODELPLANE_STATE_DIR=/var/lib/modelplane
 USER modelplane
 WORKDIR /var/lib/modelplane
 VOLUME ["/var/lib/modelplane"]

@@ -18,6 +18,7 @@ class ActivityTracker:
         self.in_flight: dict[str, int] = {}
         self.last_used: dict[str, float] = dict(last_used or {})
         self.wanted: set[str] = set()  # asked to run (wake, manual load) until it has started
+        self.held: set[str] = set()  # loaded by hand: kept running until unloaded (overrides)
         self.dirty: set[str] = set()  # last_used values not yet written to the database
 
     def begin(self, model: str) -> None:
@@ -43,12 +44,13 @@ class ActivityTracker:
         return self.in_flight.get(model, 0) > 0
 
     def snapshot(self) -> dict[str, Activity]:
-        names = set(self.in_flight) | set(self.last_used) | self.wanted
+        names = set(self.in_flight) | set(self.last_used) | self.wanted | self.held
         return {
             name: Activity(
                 in_flight=self.in_flight.get(name, 0),
                 last_used=self.last_used.get(name),
                 wanted=name in self.wanted,
+                held=name in self.held,
             )
             for name in names
         }

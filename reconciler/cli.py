@@ -19,6 +19,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import manifests as manifest_sets
@@ -153,6 +154,7 @@ def plan_command(
     async def go() -> PlanResult:
         controller = await _controller(directory)
         try:
+            await _pull(controller, fetch=False)
             return await controller.plan(allow_empty=allow_empty)
         finally:
             await controller.close()
@@ -190,14 +192,25 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
     Exit 0: converged; 1: something failed (with the reason).
     """
 
+    pull_warning: str | None = None
     from .weights_cli import DownloadBars
 
     async def go() -> PassResult:
+        nonlocal pull_warning
+        from .alerts import EventNotifications
+
         controller = await _controller(directory)
+        notifications = EventNotifications()
         try:
+            manifests, _ = await controller.load(online=False, persist=False)
+            node_name = manifests.node_doc.name if manifests.node_doc else None
+            notifications.configure(manifests.node.notify, node_name)
+            controller.store.listeners.append(notifications.on_event)
+            pull_warning = await _pull(controller, fetch=True)
             with DownloadBars(err) as bars:
                 return await controller.apply(allow_empty=allow_empty, on_progress=bars.update)
         finally:
+            await notifications.aclose()
             await controller.close()
 
     started = time.monotonic()
@@ -226,11 +239,22 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
         else:
             err.print(f"FAIL  {outcome.action}: {outcome.message}", markup=False)
     took = time.monotonic() - started
-    if not result.ok or result.manifests.errors:
+    if not result.ok or result.manifests.errors or pull_warning:
         err.print(f"generation {result.generation}: not converged ({took:.1f}s)", markup=False)
         raise typer.Exit(1)
     what = f"{len(result.outcomes)} action(s)" if result.outcomes else "nothing to do"
     out.print(f"generation {result.generation}: converged, {what} ({took:.1f}s)")
+
+
+async def _pull(controller: Controller, fetch: bool) -> str | None:
+    """Pull mode (Node.git): ``apply`` fetches once, ``plan``/``status`` use what is checked out.
+    Prints and returns the warning, if any."""
+    from .pull import attach_for_cli
+
+    _, warning = await attach_for_cli(controller, fetch)
+    if warning:
+        err.print(f"warning: {warning}", markup=False, style="yellow")
+    return warning
 
 
 # --- run / down ------------------------------------------------------------------------------
@@ -301,17 +325,24 @@ def down(directory: DirOption = Path(DEFAULT_DIR)) -> None:
 def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False) -> None:
     """Models (phase, sync, endpoint, idle time) as the runtimes and the database see them."""
 
+    from .applied import applied, applied_line, dirty_warning
     from .gpus import gpu_table, inventory_json
+    from .pull import attach_for_cli
 
-    async def go() -> tuple[list[Any], GpuState]:
+    async def go() -> tuple[list[Any], GpuState, Any, list[str]]:
         controller = await _controller(directory)
         try:
-            return await controller.status(), await controller.gpu_state()
+            mode, warning = await attach_for_cli(controller, fetch=False)
+            rows, gpus = await controller.status(), await controller.gpu_state()
+            generation = await controller.store.last_generation()
+            if mode is None:  # the work tree as it is now, not as it was applied
+                warning = dirty_warning(await controller.git_info())
+            return rows, gpus, generation, [warning] if warning else []
         finally:
             await controller.close()
 
     try:
-        rows, gpus = _run(go())
+        rows, gpus, generation, warnings = _run(go())
     except FileNotFoundError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(1) from None
@@ -319,6 +350,8 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
         data = {
             "models": [r.as_dict() for r in rows],
             "gpus": inventory_json(gpus.inventory, gpus.all_claims),
+            "applied": applied(generation),
+            "warnings": warnings,
         }
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
@@ -329,6 +362,7 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
     for row in rows:
         idle = format_duration(row.idle_for) if row.idle_for is not None else "-"
         name = row.name + (" (pinned)" if row.pinned else "")
+        name += " (loaded by hand)" if row.override else ""
         table.add_row(
             name,
             row.phase,
@@ -340,10 +374,13 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
             (row.revision or "-")[:12],
             format_size(row.size) if row.size is not None else "-",
             row.quantization or "-",
-            row.reason or "",
+            escape(row.reason),
         )
     out.print(table)
     out.print(gpu_table(gpus.inventory, gpus.all_claims, gpus.reserve))
+    out.print(applied_line(generation), markup=False)
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False, style="yellow")
 
 
 @app.command()
@@ -436,7 +473,7 @@ def history(
         detail = changes.summary() + (f"  [{subject}]" if subject else "")
         rows.append((str(gen.id), when, commit, gen.outcome, detail))
     for row in rows[-limit:]:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))  # "[subject]" is not rich markup
     out.print(table)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +18,18 @@ from . import paths
 from .desired import Desired, build_desired
 from .downloads import ProgressListener, WeightsManager
 from .executor import Executor, Outcome
-from .gitinfo import changes_between, git_info_async
+from .gitinfo import GitInfo, changes_between, git_info_async
+from .gitsync import Revision
 from .gpuplan import GpuState, converge, read_state, schedule_into
 from .manifests import ManifestSet
+from .overrides import describe, ended, manifest_digests
 from .planner import Action, Activity, PruneRefused, plan, unseen
 from .pull_events import PullEvents
 from .runtimes import RuntimeSet
 from .runtimes.base import Instance
 from .schema import NodeSpec
 from .status import ModelStatus, model_statuses
-from .store import Store
+from .store import Override, Store
 from .weights_plan import gate_downloads
 
 
@@ -72,6 +74,12 @@ class Controller:
         runtimes.on_pull = PullEvents(store.add_event)  # image pulls show in the event log
         self.weights = WeightsManager(store)
         self.executor = Executor(runtimes, store, resolve_path=self.weights.resolved_path)
+        self.state_dir = runtimes.state_dir
+        # Pull mode (Node.git): the clone's manifests are read beside the directory's, and the
+        # revision checked out there is what generations record.
+        self.extra_dirs: list[Path] = []
+        self.revision: Revision | None = None
+        self.git: GitInfo | None = None  # where the current generation's manifests came from
 
     @classmethod
     async def open(cls, manifest_dir: Path, state_dir: Path | None = None) -> Controller:
@@ -94,7 +102,9 @@ class Controller:
         commits; ``persist``: remember them), so a moved branch is a new spec hash.
         Raises ``FileNotFoundError`` when the directory itself is missing.
         """
-        manifests = manifest_sets.load(self.manifest_dir, await self.store.documents())
+        manifests = manifest_sets.load(
+            self.manifest_dir, await self.store.documents(), extra_roots=self.extra_dirs
+        )
         self.weights.configure(manifests.node)
         revisions = await self.weights.resolve_all(manifests, online=online, persist=persist)
         return manifests, build_desired(manifests, revisions)
@@ -114,7 +124,7 @@ class Controller:
         manifests, desired = await self.load(online=online, persist=persist)
         actual, unavailable = await self.observe(desired)
         result = PlanResult(manifests, desired, actual, unavailable=unavailable)
-        activity = await self._activity(activity)
+        activity = await self._activity(activity, manifests, desired)
         result.gpus = await read_state(desired, actual, activity, self.executor.resolve_path)
         try:
             planned = plan(desired, actual, now or time.time(), activity, allow_empty=allow_empty)
@@ -171,13 +181,13 @@ class Controller:
         if any(o.ok for o in outcomes):
             planned = await self.plan(activity, allow_empty, online=False, persist=True)
         actions = [a for a in planned.actions if a.kind != "download"]
-        live = await self._activity(activity)
+        live = await self._activity(activity, planned.manifests, planned.desired)
         return outcomes + await converge(
             self, planned.desired, actions, planned.gpus, live, generation
         )
 
     async def status(self, activity: Mapping[str, Activity] | None = None) -> list[ModelStatus]:
-        _, desired = await self.load(online=False)
+        manifests, desired = await self.load(online=False)
         actual, unavailable = await self.observe(desired)
         health = {}
         for inst in actual:
@@ -189,25 +199,45 @@ class Controller:
             desired,
             actual,
             states,
-            await self._activity(activity),
+            await self._activity(activity, manifests, desired),
             health,
             time.time(),
             unavailable,
             weights=await self.weights.info(desired, downloading, live=False),
+            overrides={
+                name: describe(o) for name, o in (await self.overrides(manifests, desired)).items()
+            },
         )
 
     async def gpu_state(self, activity: Mapping[str, Activity] | None = None) -> GpuState:
         """The GPU inventory with the claims of the backends that run (``status``)."""
-        _, desired = await self.load(online=False)
+        manifests, desired = await self.load(online=False)
         actual, _ = await self.observe(desired)
-        activity = await self._activity(activity)
+        activity = await self._activity(activity, manifests, desired)
         return await read_state(desired, actual, activity, self.executor.resolve_path)
 
-    async def _activity(self, activity: Mapping[str, Activity] | None) -> dict[str, Activity]:
-        """Live activity from the proxy when it runs, else the idle clocks in the database."""
+    async def _activity(
+        self,
+        activity: Mapping[str, Activity] | None,
+        manifests: ManifestSet | None = None,
+        desired: Desired | None = None,
+    ) -> dict[str, Activity]:
+        """Live activity from the proxy when it runs, else the idle clocks in the database
+        (and the models loaded by hand, held until their manifest changes)."""
         if activity is not None:
             return dict(activity)
-        return {m: Activity(last_used=t) for m, t in (await self.store.last_used()).items()}
+        found = {m: Activity(last_used=t) for m, t in (await self.store.last_used()).items()}
+        if manifests is not None and desired is not None:
+            for name in await self.overrides(manifests, desired):
+                found[name] = replace(found.get(name, Activity()), held=True)
+        return found
+
+    async def overrides(self, manifests: ManifestSet, desired: Desired) -> dict[str, Override]:
+        """The manual overrides still in force for these manifests (read-only: the service
+        ends the others)."""
+        found = await self.store.overrides()
+        gone = ended(found, manifest_digests(manifests, desired))
+        return {name: o for name, o in found.items() if name not in gone}
 
     async def _generation(self, planned: PlanResult) -> int:
         generation, _ = await self.record_generation(planned.manifests, planned.desired, "applying")
@@ -224,7 +254,7 @@ class Controller:
         so a change in the errors counts too: that is what records the ``Invalid`` event.
         """
         last = await self.store.last_generation()
-        git = await git_info_async(self.manifest_dir)
+        git = self.git = await self.git_info()
         sha = git.sha if git else None
         errors = [str(e) for e in manifests.errors]
         if (
@@ -238,6 +268,8 @@ class Controller:
         summary: dict[str, Any] = {"models": models, "errors": errors}
         if git is not None:
             summary["git"] = {"subject": git.subject, "dirtyFiles": list(git.dirty_files)}
+            if self.revision is not None:
+                summary["git"]["pulled"] = True
         generation = await self.store.add_generation(
             manifests.digest,
             outcome,
@@ -259,6 +291,13 @@ class Controller:
                 + "\n".join(errors),
             )
         return generation, True
+
+    async def git_info(self) -> GitInfo | None:
+        """Where the manifests come from: pull mode's revision, else the directory's work tree."""
+        if self.revision is not None:
+            rev = self.revision
+            return GitInfo(rev.checkout, rev.sha, rev.branch, rev.subject, dirty=False)
+        return await git_info_async(self.manifest_dir)
 
 
 def _summary(result: PlanResult) -> dict[str, Any]:

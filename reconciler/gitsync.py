@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import inspect
 import logging
@@ -32,7 +33,7 @@ import shlex
 import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -142,7 +143,7 @@ class GitRepoSync:
         Raises :class:`GitSyncError` (with ``last_good``) when the remote cannot be fetched, has no
         such branch, or the checkout fails; the previous checkout is left untouched.
         """
-        async with self._lock:
+        async with self._lock, self._file_lock():
             last_good = self.current()
             try:
                 sha, subject = await self._fetch()
@@ -154,6 +155,27 @@ class GitRepoSync:
                 raise
             await self._prune_checkouts(keep={sha, last_good.sha if last_good else sha})
             return self._revision(sha, subject)
+
+    @contextlib.asynccontextmanager
+    async def _file_lock(self) -> AsyncIterator[None]:
+        """One sync at a time across processes (``modelplane apply`` beside a running service)."""
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.base_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise GitSyncError(
+                            f"another modelplane holds {self.base_dir / 'lock'}", last_good=None
+                        ) from None
+                    await asyncio.sleep(0.1)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     async def _fetch(self) -> tuple[str, str]:
         if not (self._repo / "HEAD").is_file():

@@ -27,6 +27,7 @@ from .estimates import estimate_all, estimate_model, missing
 from .gpus import Inventory, node_gpus, read_inventory
 from .gputypes import Claim
 from .manifests import ManifestSet
+from .overrides import Overrides, manifest_digests
 from .planner import Action, PruneRefused, plan, unseen
 from .runtimes.backoff import CrashBackoff
 from .runtimes.base import Instance
@@ -98,6 +99,9 @@ class ReconcileLoop:
         self.unschedulable_wait = 300.0  # Node.proxy.queueTimeout
         self.passes = 0
         self.on_change: list[Callable[[], None]] = []  # called after each pass / phase change
+        self.overrides = Overrides(controller.store)  # models loaded by hand (held)
+        self._failing: dict[str, str] = {}  # failed since last Ready (why): next Ready "Recovered"
+        self._emitting: set[asyncio.Task[object]] = set()
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._placed: dict[str, tuple[Claim, ...]] = {}
         self._wakeup = asyncio.Event()
@@ -210,6 +214,7 @@ class ReconcileLoop:
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_exception(WakeFailed("modelplane is shutting down"))
+        await asyncio.gather(*self._emitting, return_exceptions=True)  # events being written
 
     def _next_deadline(self) -> float:
         now = time.time()
@@ -220,6 +225,8 @@ class ReconcileLoop:
         for name in self.ready:
             model = self.desired.models.get(name)
             if model is None or model.pinned or model.spec.suspend or self.activity.busy(name):
+                continue
+            if name in self.activity.held:
                 continue
             last = self.activity.last_used.get(name) or self._started_at(name) or now
             due = last + model.spec.stay_warm + 0.05
@@ -441,6 +448,10 @@ class ReconcileLoop:
         for name in set(self.phases) - set(desired.models) - set(self.busy):
             self.backoff.reset(name)
             del self.phases[name]
+        self._failing = {n: why for n, why in self._failing.items() if n in desired.models}
+        if desired.models or self.allow_empty:  # (a refused, emptied set changes nothing)
+            await self.overrides.check(manifest_digests(manifests, desired))
+            self.activity.held = self.overrides.held
         self.manifests, self.desired = manifests, desired
         self.unschedulable_wait = desired.node.proxy.queue_timeout
         resolve = self.controller.executor.resolve_path
@@ -616,6 +627,7 @@ class ReconcileLoop:
             permanent=permanent,
         )
         retry_at = failure.next_retry if failure.next_retry != float("inf") else None
+        self._failing[name] = message
         detail = f" (failure {failure.count})" if failure.count > 1 else ""
         self._set_phase(name, "Failed", message + detail, retry_at)
         self._fail_waiters(name, WakeFailed(message))
@@ -692,7 +704,18 @@ class ReconcileLoop:
             current.retry_at = retry_at
             return
         self.phases[name] = Phase(phase, reason, retry_at, time.time())
+        if phase == "Ready" and name in self._failing:
+            failure = self._failing.pop(name)
+            self._emit("Recovered", f"{name} is ready again (it had failed: {failure})", name)
         self._changed()
+
+    def _emit(self, kind: str, message: str, model: str | None = None) -> None:
+        """Record an event from synchronous code (the task is kept until it is done)."""
+        task = asyncio.get_running_loop().create_task(
+            self.controller.store.add_event(kind, message, model)
+        )
+        self._emitting.add(task)
+        task.add_done_callback(self._emitting.discard)
 
     def _changed(self) -> None:
         for callback in self.on_change:
@@ -706,6 +729,7 @@ class ReconcileLoop:
     def backend_failed(self, name: str, reason: str) -> None:
         """The proxy saw the backend break: stop routing to it and look at it now."""
         if self.ready.pop(name, None) is not None:
+            self._failing[name] = reason
             self._set_phase(name, "Failed", reason)
             self.broken.add(name)  # the next pass records a crash (and backs off) if it exited
         self.trigger()

@@ -104,9 +104,14 @@ def load(
     root: Path,
     last: Mapping[Key, StoredDocument] | None = None,
     gpu_indices: Iterable[int] | None = None,
+    extra_roots: Iterable[Path] = (),
 ) -> ManifestSet:
-    """Read ``root`` and resolve it against the last valid documents."""
-    return resolve(read_directory(root), last or {}, gpu_indices)
+    """Read ``root`` (and ``extra_roots``: pull mode's checkout) as one set of documents, and
+    resolve it against the last valid documents. A name defined in two roots is a duplicate."""
+    files = read_directory(root)
+    for extra in extra_roots:
+        files += read_directory(extra)
+    return resolve(files, last or {}, gpu_indices)
 
 
 def resolve(

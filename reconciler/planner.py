@@ -9,7 +9,7 @@ property-tested directly. Rules, per model:
 - an exited instance is restarted when the model must run (pinned or requested), else cleaned up;
 - a running instance whose spec hash differs is recreated;
 - an unpinned, idle model past its ``stayWarm`` with nothing in flight is unloaded;
-- a pinned (or requested) model that is not running is started;
+- a pinned (or requested, or loaded-by-hand: ``held``) model that is not running is started;
 - a suspended model is left exactly as it is.
 """
 
@@ -47,6 +47,7 @@ class Activity:
     in_flight: int = 0
     last_used: float | None = None  # end of the last request
     wanted: bool = False  # a request (or a manual load) asks for it to run
+    held: bool = False  # loaded by hand: kept running like a pinned model (a manual override)
 
 
 class PruneRefused(Exception):
@@ -96,8 +97,8 @@ def unseen(desired: Desired, unavailable: Mapping[str, str]) -> set[str]:
 def _plan_model(
     model: DesiredModel, current: Instance | None, now: float, use: Activity
 ) -> Action | None:
-    must_run = model.pinned or use.wanted or use.in_flight > 0
-    why = "pinned" if model.pinned else "requested"
+    must_run = model.pinned or use.held or use.wanted or use.in_flight > 0
+    why = "pinned" if model.pinned else "loaded by hand" if use.held else "requested"
     if current is None:
         return Action("start", model.name, f"{why}, not running") if must_run else None
     if current.state == "exited":

@@ -196,7 +196,8 @@ def holders(
                 name=name,
                 claims=cs,
                 priority=PRIORITIES[model.spec.priority] if model else PRIORITIES["batch"],
-                pinned=bool(model and model.pinned),
+                # suspended (frozen) and held (loaded by hand) models are never evicted
+                pinned=bool(model and (model.pinned or model.spec.suspend)) or use.held,
                 in_flight=use.in_flight,
                 last_used=use.last_used or (inst.started_at if inst else now),
                 running=inst is not None and (evictable is None or name in evictable),

@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -30,6 +31,8 @@ from proxy.settings import ProxySettings
 from .controller import Controller
 from .gpus import GpuCollector
 from .schema import ProxySpec
+from .sdnotify import SystemdNotifier
+from .sdreport import SystemdReporter
 from .service import Service
 
 log = logging.getLogger("modelplane")
@@ -71,6 +74,8 @@ async def serve(
 ) -> int:
     """Run until SIGTERM/SIGINT. Returns the exit code."""
     setup_logging(log_format)  # type: ignore[arg-type]
+    # Read (and removed from the environment) first: backends started later must not inherit it.
+    notifier = SystemdNotifier.from_environ()
     controller = await Controller.open(directory)
     try:
         manifests, _ = await controller.load(online=False)
@@ -91,6 +96,7 @@ async def serve(
         log.info("no apiKeys: open access, on loopback only (%s)", host)
 
     service = Service(controller, allow_empty=allow_empty)
+    systemd = SystemdReporter(notifier, service)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
@@ -114,20 +120,39 @@ async def serve(
         http="httptools" if _has("httptools") else "h11",
     )
     server = _Server(config)
+    server.on_started = systemd.ready  # the socket is bound, after the lifespan's first pass
     server.on_exit = service.end_followers
+
+    def on_signal(sig: int) -> None:
+        systemd.stopping()
+        server.handle_exit(sig, None)
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, server.handle_exit, sig, None)
-    await server.serve()
+        loop.add_signal_handler(sig, on_signal, sig)
+    systemd.start()  # watchdog pings from this event loop (start timeout extended until READY)
+    try:
+        await server.serve()
+    finally:
+        await systemd.stop()
     return 0 if server.started else 1
 
 
 class _Server(uvicorn.Server):
     """uvicorn re-raises a caught SIGTERM after its graceful shutdown, which would make the
     process die of the signal; modelplane handles the signals itself and exits 0.
-    ``on_exit`` runs when the stop begins (to end streams that never end on their own)."""
 
+    ``on_started`` is called once the listening socket is bound (systemd's READY=1);
+    ``on_exit`` runs when the stop begins (to end streams that never end on their own).
+    """
+
+    on_started: Callable[[], None] | None = None
     on_exit: Callable[[], None] | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:

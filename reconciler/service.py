@@ -18,11 +18,17 @@ from typing import Any
 from proxy.gateway import PRIORITIES, ApiKey, ModelRoute, Refused, RequestRecord, Unavailable
 
 from .activity import ActivityTracker
+from .alerts import EventNotifications
+from .applied import applied, dirty_warning
 from .controller import Controller
+from .gitinfo import GitInfo, git_info_async
 from .gpus import Inventory, inventory_json
 from .gputypes import Claim
 from .loop import ReconcileLoop, WakeFailed, WakeUnschedulable, WeightsUnavailable
+from .notify import display_url
+from .overrides import manifest_digests
 from .planner import Action
+from .pull import PullMode
 from .status import model_statuses
 from .store import Event, ModelState
 
@@ -50,6 +56,10 @@ class Service:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         controller.store.listeners.append(self._on_event)
+        self.pull: PullMode | None = None  # Node.git
+        self.notifications = EventNotifications()  # Node.notify
+        controller.store.listeners.append(self.notifications.on_event)
+        self.loop.on_change.append(self._configure_notifications)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -57,21 +67,68 @@ class Service:
         """Continue idle clocks from the database, run the first pass, start the loop."""
         self.activity.last_used.update(await self.controller.store.last_used())
         await self.controller.weights.forget_interrupted()
+        await self.loop.overrides.restore()
+        self.activity.held = self.loop.overrides.held
+        await self._start_ops()
         self._tasks = [
             asyncio.create_task(self.loop.run(), name="reconcile loop"),
             asyncio.create_task(self.loop.watch(), name="manifest watcher"),
             asyncio.create_task(self.loop.watch_docker(), name="docker events"),
             asyncio.create_task(self._flush_forever(), name="request log"),
+            asyncio.create_task(self._watch_git(), name="git state"),
         ]
         await self.loop.wait_first_pass()
+
+    async def _start_ops(self) -> None:
+        """Webhooks and pull mode, from the directory's Node manifest, before the first pass."""
+        try:
+            manifests, _ = await self.controller.load(online=False, persist=False)
+        except FileNotFoundError:
+            return
+        node_name = manifests.node_doc.name if manifests.node_doc else None
+        self.notifications.configure(manifests.node.notify, node_name)
+        if manifests.node.git is None:
+            return
+        self.pull = PullMode(self.controller, manifests.node.git)
+        self.pull.on_revision.append(lambda: self.loop.trigger(reload=True))
+        if self.pull.use_checked_out() is None:
+            await self.pull.fetch()  # nothing to reconcile from until the first fetch
+            self.pull.start()
+        else:
+            self.pull.start(now=True)  # serve the last good revision at once, then fetch
+
+    def _configure_notifications(self) -> None:
+        manifests = self.loop.manifests
+        if manifests is not None:
+            name = manifests.node_doc.name if manifests.node_doc else None
+            self.notifications.configure(manifests.node.notify, name)
+
+    async def _watch_git(self) -> None:
+        """A commit (or checkout) that changes no file under the directory still makes a new
+        generation: look at the work tree every resync and reload when its state moved."""
+
+        def key(info: GitInfo | None) -> tuple[object, ...]:
+            return (info.sha, info.dirty_files) if info else ()
+
+        while True:
+            desired = self.loop.desired
+            await asyncio.sleep(desired.node.resync if desired else 1.0)
+            if self.pull is not None or self.loop.passes == 0:
+                continue
+            info = await git_info_async(self.controller.manifest_dir)
+            if key(info) != key(self.controller.git):
+                self.loop.trigger(reload=True)
 
     async def stop(self) -> None:
         """Stop the loop; backends keep running for the next start to adopt."""
         await self.loop.stop()
+        if self.pull is not None:
+            await self.pull.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, *self.loop.busy.values(), return_exceptions=True)
         await self._flush()
+        await self.notifications.aclose()
         await self.controller.close()
 
     # --- routes -----------------------------------------------------------------------------
@@ -221,6 +278,7 @@ class Service:
             time.time(),
             self.loop.unavailable,
             weights=weights,
+            overrides=self.loop.overrides.descriptions(),
         )
         models = []
         for row in rows:
@@ -238,6 +296,27 @@ class Service:
             "gpus": gpus,
             "errors": [str(e) for e in self.loop.manifests.errors] if self.loop.manifests else [],
             "runtimesUnavailable": self.loop.unavailable,
+            **await self._ops_status(),
+        }
+
+    async def _ops_status(self) -> dict[str, Any]:
+        """Where the manifests in force come from, and what the user should know about it."""
+        warnings = []
+        if self.pull is not None:
+            warnings.append(self.pull.warning())
+        else:
+            warnings.append(dirty_warning(self.controller.git))
+        notifier = self.notifications.notifier
+        git = self.pull.status() if self.pull else None  # read together with the warnings
+        return {
+            "warnings": [w for w in warnings if w],
+            "git": git,
+            "applied": applied(await self.controller.store.last_generation()),
+            "notifications": {
+                display_url(url): vars(stats) for url, stats in notifier.stats().items()
+            }
+            if notifier
+            else {},
         }
 
     async def events(self, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -267,18 +346,30 @@ class Service:
                 queue.put_nowait(event)
 
     async def reconcile(self) -> dict[str, Any]:
+        if self.pull is not None:
+            await self.pull.fetch()  # a failure is reported; the last good revision stays
         self.loop.trigger(reload=True)
         await self.loop.pass_once()
         return {
             "generation": self.loop.generation,
             "errors": [str(e) for e in self.loop.manifests.errors] if self.loop.manifests else [],
             "busy": sorted(self.loop.busy),
+            "git": self.pull.status() if self.pull else None,
         }
 
     async def load(self, model: str) -> None:
+        """Start ``model`` and keep it loaded until unloaded or its manifest changes (see
+        :mod:`reconciler.overrides`)."""
         desired = self.loop.desired
-        if desired is None or model not in desired.models:
+        if desired is None or model not in desired.models or self.loop.manifests is None:
             raise Unavailable(f"model {model!r} is not served here", status=404)
+        wanted = desired.models[model]
+        if wanted.spec.suspend:
+            raise Refused(f"{model} is suspended (spec.suspend: true): it is left as it is")
+        if not wanted.pinned:  # a pin holds it already
+            digest = manifest_digests(self.loop.manifests, desired)[model]
+            await self.loop.overrides.hold(model, digest)
+            self.activity.held = self.loop.overrides.held
         self.activity.touch(model)
         await self.wake(model)
 
@@ -286,8 +377,12 @@ class Service:
         desired = self.loop.desired
         if desired is None or model not in desired.models:
             raise Unavailable(f"model {model!r} is not served here", status=404)
+        if desired.models[model].spec.suspend:
+            raise Refused(f"{model} is suspended (spec.suspend: true): it is left as it is")
         if desired.models[model].pinned:
             raise Refused(f"{model} is pinned: it is never unloaded (set pin: false to allow)")
+        await self.loop.overrides.release(model, "unloaded by hand")
+        self.activity.held = self.loop.overrides.held
         self.activity.wanted.discard(model)
         instance = next(
             (i for i in self.loop.actual if i.model == model and i.state == "running"), None

@@ -28,6 +28,7 @@ class ModelStatus:
     in_flight: int = 0
     idle_for: float | None = None
     where: str = ""  # path:line:col of the manifest in force
+    override: str = ""  # a manual override in force (loaded by hand), in words
     revision: str | None = None  # hub sources: the commit it runs, else the one resolved
     size: int | None = None  # bytes of the model's files
     quantization: str | None = None  # from the GGUF header
@@ -45,12 +46,14 @@ def model_statuses(
     health: Mapping[str, bool],
     now: float,
     unavailable: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
     weights: Mapping[str, WeightsInfo] | None = None,
 ) -> list[ModelStatus]:
     """One row per model the manifests want, plus managed instances no manifest wants.
 
     ``unavailable``: runtimes that could not be listed (runtime → why); their models are
-    ``Unknown``, with the reason, rather than seemingly ``Asleep``."""
+    ``Unknown``, with the reason, rather than seemingly ``Asleep``. ``overrides``: model → the
+    manual override in force, in words (see reconciler.overrides)."""
     unavailable = unavailable or {}
     running = {i.model: i for i in actual if i.managed}
     rows = []
@@ -70,6 +73,7 @@ def model_statuses(
             reason = reason or "no manifest wants it: the next apply stops it"
         elif model.spec.suspend:
             sync = "Suspended"
+            reason = reason or "spec.suspend: left exactly as it is (no starts, stops, recreates)"
         elif model.stale is not None:
             sync = "Stale"
             reason = f"manifest invalid, last valid version in force: {model.stale}"
@@ -99,6 +103,7 @@ def model_statuses(
                 in_flight=use.in_flight,
                 idle_for=(now - last) if (last and inst and inst.state == "running") else None,
                 where=model.where if model else "",
+                override=(overrides or {}).get(name, ""),
                 revision=_running_revision(inst) or info.revision,
                 size=info.size,
                 quantization=info.quantization,

@@ -96,6 +96,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (repo, commit_sha, path)
     );
     """,
+    # 3: manual overrides (POST /api/models/{name}/load), kept until the model's manifest changes
+    """
+    CREATE TABLE overrides (
+        model TEXT PRIMARY KEY,
+        action TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        time REAL NOT NULL
+    );
+    """,
 ]
 
 
@@ -126,6 +135,16 @@ class ModelState:
     reason: str | None
     since: float
     retry_at: float | None
+
+
+@dataclass(frozen=True)
+class Override:
+    """A manual action in force: ``manifest`` is the digest of the model's manifest it ends with."""
+
+    model: str
+    action: str  # "load": kept loaded (like a pin) until unloaded or the manifest changes
+    manifest: str
+    time: float
 
 
 @dataclass(frozen=True)
@@ -337,6 +356,26 @@ class Store:
         ) as cur:
             rows = await cur.fetchall()
         return {r[0]: ModelState(r[0], r[1], r[2], r[3], r[4]) for r in rows}
+
+    # --- manual overrides ----------------------------------------------------------------------
+
+    async def set_override(self, model: str, action: str, manifest: str) -> Override:
+        override = Override(model, action, manifest, time.time())
+        await self.db.execute(
+            "INSERT INTO overrides (model, action, manifest, time) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(model) DO UPDATE SET action = excluded.action,"
+            " manifest = excluded.manifest, time = excluded.time",
+            (model, action, manifest, override.time),
+        )
+        return override
+
+    async def clear_override(self, model: str) -> None:
+        await self.db.execute("DELETE FROM overrides WHERE model = ?", (model,))
+
+    async def overrides(self) -> dict[str, Override]:
+        async with self.db.execute("SELECT model, action, manifest, time FROM overrides") as cur:
+            rows = await cur.fetchall()
+        return {r[0]: Override(r[0], r[1], r[2], r[3]) for r in rows}
 
     # --- activity and requests ---------------------------------------------------------------
 

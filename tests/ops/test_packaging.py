@@ -88,6 +88,16 @@ def test_dockerignore_keeps_the_packages_and_drops_the_rest() -> None:
     assert not in_context("Dockerfile", rules)
 
 
+def _backend_installed() -> bool:
+    """setuptools builds wheels by itself from 70.1 on; older versions need ``wheel`` too."""
+    if importlib.util.find_spec("setuptools") is None:
+        return False
+    from importlib.metadata import version
+
+    major, minor = (int(p) for p in version("setuptools").split(".")[:2])
+    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The project wheel, built from a copy of the docker build context."""
@@ -97,7 +107,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy2(ROOT / rel, context / rel)
     out = context / "dist"
     cmd = [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--quiet", "-w", str(out)]
-    if importlib.util.find_spec("setuptools") and importlib.util.find_spec("wheel"):
+    if _backend_installed():
         cmd.append("--no-build-isolation")  # offline and fast when the backend is installed
     proc = subprocess.run(cmd, cwd=context, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -113,6 +123,27 @@ def test_wheel_holds_every_module_and_the_entry_point(wheel: Path) -> None:
     sources = {f for f in context_files() if f.endswith(".py")}
     assert sources and sources <= names, f"not packaged: {sorted(sources - names)}"
     assert re.search(r"^modelplane = reconciler\.cli:main$", scripts, re.M)
+
+
+def test_wheel_metadata_matches_pyproject(wheel: Path) -> None:
+    """The image installs the wheel without extras: every runtime dependency is a plain
+    requirement, and only the test and quickstart tools are extras."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    with zipfile.ZipFile(wheel) as zf:
+        metadata = zf.read(next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA")))
+    lines = metadata.decode().splitlines()
+    plain = {line.split(": ", 1)[1] for line in lines if line.startswith("Requires-Dist: ")}
+    plain = {r for r in plain if "extra ==" not in r}
+
+    def names(requirements: set[str] | list[str]) -> set[str]:  # PEP 503 normalised
+        bare = (re.split(r"[\s\[<>=!~;]", r)[0] for r in requirements)
+        return {re.sub(r"[-_.]+", "-", n).lower() for n in bare}
+
+    assert names(plain) == names(project["dependencies"])
+    extras = {line.split(": ", 1)[1] for line in lines if line.startswith("Provides-Extra: ")}
+    assert extras == set(project["optional-dependencies"]) == {"test", "quickstart"}
 
 
 # --- Dockerfile -----------------------------------------------------------------------------------
@@ -167,6 +198,9 @@ def test_dockerfile_stages_reference_real_paths() -> None:
     final = stages[-1]
     assert final.base == "python:3.11-slim"
     settings = dict(final.instructions)
+    # state (SQLite, the pull-mode clone, the default HF cache) goes to the volume
+    env = dict(re.findall(r"(\w+)=(\S+)", settings["ENV"]))
+    assert settings["VOLUME"] == f'["{env["MODELPLANE_STATE_DIR"]}"]'
     assert settings["USER"] not in ("root", "0")
     assert settings["ENTRYPOINT"] == '["modelplane"]'
     assert settings["CMD"] == '["run", "/manifests"]'
