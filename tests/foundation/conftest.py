@@ -5,18 +5,15 @@ real subprocess, a controller on a real SQLite file, and cleanup of every backen
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler.controller import Controller
+from tests.helpers.cli import CliResult, run_cli
 from tests.helpers.manifests import (  # noqa: F401  (re-exported for the tests here)
     FAKEBACKEND,
     REPO,
@@ -57,20 +54,6 @@ async def controller(manifests: ManifestDir, state_dir: Path) -> AsyncIterator[C
 # --- the CLI as a real subprocess ---------------------------------------------------------------
 
 
-@dataclass
-class CliResult:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-
 Cli = Callable[..., CliResult]
 
 
@@ -79,22 +62,7 @@ def cli(tmp_path: Path, state_dir: Path) -> Cli:
     """``cli("apply", dir)`` runs ``python -m reconciler.cli apply dir`` in a new process."""
 
     def run(*args: str | Path, timeout: float = 60, env: dict[str, str] | None = None) -> CliResult:
-        environment = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "MODELPLANE_STATE_DIR": str(state_dir),
-            "COLUMNS": "200",  # rich wraps tables at the terminal's width
-            **(env or {}),
-        }
-        done = subprocess.run(
-            [sys.executable, "-m", "reconciler.cli", *map(str, args)],
-            cwd=tmp_path,
-            env=environment,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return CliResult(done.returncode, done.stdout, done.stderr)
+        return run_cli(*args, cwd=tmp_path, state_dir=state_dir, env=env, timeout=timeout)
 
     return run
 

@@ -8,19 +8,16 @@ be cross-checked against the real GPUs, so these tests skip there (tests/gpus co
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler.gpus import read_nvml
-from tests.helpers.manifests import REPO, ManifestDir, doc, kill_recorded_backends
+from tests.helpers.cli import CliResult, run_cli
+from tests.helpers.manifests import ManifestDir, doc, kill_recorded_backends
 
 GiB = 1024**3
 
@@ -60,20 +57,6 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     kill_recorded_backends(path)
 
 
-@dataclass
-class CliResult:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-
 Cli = Callable[..., CliResult]
 
 
@@ -82,21 +65,7 @@ def cli(tmp_path: Path, state_dir: Path) -> Cli:
     """``cli("apply", dir)``: ``python -m reconciler.cli apply dir`` in a new process."""
 
     def run(*args: str | Path, timeout: float = 60) -> CliResult:
-        env = {
-            **os.environ,
-            "PYTHONPATH": str(REPO),
-            "MODELPLANE_STATE_DIR": str(state_dir),
-            "COLUMNS": "250",  # rich wraps tables at the terminal's width
-        }
-        done = subprocess.run(
-            [sys.executable, "-m", "reconciler.cli", *map(str, args)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        return CliResult(done.returncode, done.stdout, done.stderr)
+        return run_cli(*args, cwd=tmp_path, state_dir=state_dir, timeout=timeout)
 
     return run
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from typing import Any
 import pytest
 
 from reconciler.weights import MirrorServer
+from tests.helpers.cli import CliResult, run_cli
 from tests.helpers.manifests import REPO, ManifestDir, doc, fake_engine_doc, kill_recorded_backends
 from tests.helpers.service import ServiceProcess, start_service
 from tests.weights.conftest import gguf_bytes  # noqa: F401  (a fixture used here)
@@ -25,20 +24,6 @@ from tests.weights.hubgen import HubRepos
 #: Unset in every subprocess unless a test sets them: the developer's own environment must not
 #: reach the hub under test (or the real one).
 HUB_ENV = ("HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN")
-
-
-@dataclass
-class CliResult:
-    code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
 
 
 @dataclass
@@ -78,15 +63,7 @@ class Box:
         return env
 
     def cli(self, *args: str | Path, env: dict[str, str] | None = None) -> CliResult:
-        done = subprocess.run(
-            [sys.executable, "-m", "reconciler.cli", *map(str, args)],
-            cwd=self.root,
-            env=self.environ(env),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        return CliResult(done.returncode, done.stdout, done.stderr)
+        return run_cli(*args, cwd=self.root, env=self.environ(env), timeout=120, inherit=False)
 
     def service(self, env: dict[str, str] | None = None) -> ServiceProcess:
         extra = self.environ(env)
