@@ -183,6 +183,11 @@ class ProxySpec(Strict):
         300.0, description="Longest wait for a slot or for room on the GPUs; then 503."
     )
     loading_comment_interval: Duration = 5.0
+    access_log: bool = Field(
+        False,
+        description="One log line per request. Off by default: on a small box it costs about a "
+        "quarter of the proxy's throughput; the SQLite request log and /metrics are always kept.",
+    )
 
 
 class NodeSpec(Strict):

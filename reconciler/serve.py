@@ -61,6 +61,7 @@ def proxy_settings(spec: ProxySpec) -> ProxySettings:
         max_queue=spec.max_queue,
         queue_timeout=spec.queue_timeout,
         loading_comment_interval=spec.loading_comment_interval,
+        access_log=spec.access_log,
     )
 
 

@@ -281,7 +281,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=2000, help="per round at c=1 (x2 at 64)")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--access-log", action="store_true", help="JSON access log to /dev/null")
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="with an access log (proxy alone: JSON to /dev/null; --run: its log file)",
+    )
     parser.add_argument(
         "--loop", choices=["auto", "asyncio", "uvloop"], default="auto", help="the proxy's loop"
     )
@@ -294,7 +298,7 @@ def main() -> int:
         serve_proxy(args.serve_proxy, args.access_log, args.loop)
         return 0
     if args.run:
-        return bench_run(args.requests, args.rounds)
+        return bench_run(args.requests, args.rounds, args.access_log)
 
     from tests.helpers.backend import start_fake_backend
 
@@ -327,8 +331,9 @@ def main() -> int:
     return 0
 
 
-def bench_run(requests: int, rounds: int) -> int:
-    """The same benchmark against ``modelplane run`` and the backend it started."""
+def bench_run(requests: int, rounds: int, access_log: bool) -> int:
+    """The same benchmark against ``modelplane run`` and the backend it started
+    (``access_log``: Node ``proxy.accessLog``; the SQLite request log is kept either way)."""
     import tempfile
 
     from tests.helpers.manifests import ManifestDir, doc, fake_engine_doc, model_doc
@@ -339,7 +344,11 @@ def bench_run(requests: int, rounds: int) -> int:
         manifests = ManifestDir(root / "manifests")
         manifests.write(
             "bench.yaml",
-            doc("Node", "bench", {"runtime": "process", "gpus": "none"}),
+            doc(
+                "Node",
+                "bench",
+                {"runtime": "process", "gpus": "none", "proxy": {"accessLog": access_log}},
+            ),
             fake_engine_doc("fake", "--tokens", "16"),
             model_doc(MODEL, pin=True, maxConcurrency=1024),
         )

@@ -23,7 +23,7 @@ from tests.service.conftest import Box, module_box, node_doc, wait_until
 @pytest.fixture(scope="module")
 def box(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Box]:
     docs = {
-        "node.yaml": node_doc(),
+        "node.yaml": node_doc(proxy={"accessLog": True}),
         "engine.yaml": fake_engine_doc("fake", "--token-delay", "0.01"),
         "models.yaml": "---\n".join(
             [
