@@ -36,7 +36,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False, soft_wrap=True)
+# Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column default.
+out = Console(
+    highlight=False,
+    soft_wrap=True,
+    width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200,
+)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 T = TypeVar("T")

@@ -114,7 +114,9 @@ def _plan_model(
             return Action(
                 "unload",
                 model.name,
-                f"idle {format_duration(idle)} > stayWarm {format_duration(model.spec.stay_warm)}",
+                f"idle {format_duration(idle)} > stayWarm {format_duration(model.spec.stay_warm)}"
+                if model.spec.stay_warm
+                else "stayWarm 0: unloaded right after use",
                 current,
             )
     if current.spec_hash != model.spec_hash:
