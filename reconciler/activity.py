@@ -8,7 +8,7 @@ counts from the end of the last request.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from .planner import Activity
 
@@ -18,8 +18,14 @@ class ActivityTracker:
         self.in_flight: dict[str, int] = {}
         self.last_used: dict[str, float] = dict(last_used or {})
         self.wanted: set[str] = set()  # asked to run (wake, manual load) until it has started
-        self.held: set[str] = set()  # loaded by hand: kept running until unloaded (overrides)
+        # Models loaded by hand (kept running until unloaded): the service points this at its
+        # overrides, so there is one list of them.
+        self.holds: Callable[[], Collection[str]] = frozenset
         self.dirty: set[str] = set()  # last_used values not yet written to the database
+
+    @property
+    def held(self) -> Collection[str]:
+        return self.holds()
 
     def begin(self, model: str) -> None:
         self.in_flight[model] = self.in_flight.get(model, 0) + 1
@@ -44,13 +50,14 @@ class ActivityTracker:
         return self.in_flight.get(model, 0) > 0
 
     def snapshot(self) -> dict[str, Activity]:
-        names = set(self.in_flight) | set(self.last_used) | self.wanted | self.held
+        held = set(self.held)
+        names = set(self.in_flight) | set(self.last_used) | self.wanted | held
         return {
             name: Activity(
                 in_flight=self.in_flight.get(name, 0),
                 last_used=self.last_used.get(name),
                 wanted=name in self.wanted,
-                held=name in self.held,
+                held=name in held,
             )
             for name in names
         }

@@ -73,10 +73,6 @@ def _print_errors(errors: list[ManifestError]) -> None:
         err.print(str(error), markup=False, style="red")
 
 
-async def _controller(directory: Path) -> Controller:
-    return await Controller.open(directory)
-
-
 # --- validate / schema -----------------------------------------------------------------------
 
 
@@ -157,12 +153,9 @@ def plan_command(
     """
 
     async def go() -> PlanResult:
-        controller = await _controller(directory)
-        try:
+        async with await Controller.open(directory) as controller:
             await _pull(controller, fetch=False)
             return await controller.plan(allow_empty=allow_empty)
-        finally:
-            await controller.close()
 
     try:
         result = _run(go())
@@ -204,19 +197,18 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
         nonlocal pull_warning
         from .alerts import EventNotifications
 
-        controller = await _controller(directory)
         notifications = EventNotifications()
-        try:
-            manifests, _ = await controller.load(online=False, persist=False)
-            node_name = manifests.node_doc.name if manifests.node_doc else None
-            notifications.configure(manifests.node.notify, node_name)
-            controller.store.listeners.append(notifications.on_event)
-            pull_warning = await _pull(controller, fetch=True)
-            with DownloadBars(err) as bars:
-                return await controller.apply(allow_empty=allow_empty, on_progress=bars.update)
-        finally:
-            await notifications.aclose()
-            await controller.close()
+        async with await Controller.open(directory) as controller:
+            try:
+                manifests, _ = await controller.load(online=False, persist=False)
+                node_name = manifests.node_doc.name if manifests.node_doc else None
+                notifications.configure(manifests.node.notify, node_name)
+                controller.store.listeners.append(notifications.on_event)
+                pull_warning = await _pull(controller, fetch=True)
+                with DownloadBars(err) as bars:
+                    return await controller.apply(allow_empty=allow_empty, on_progress=bars.update)
+            finally:
+                await notifications.aclose()
 
     started = time.monotonic()
     try:
@@ -293,8 +285,7 @@ def down(directory: DirOption = Path(DEFAULT_DIR)) -> None:
     """Stop and remove every backend modelplane manages (processes and containers)."""
 
     async def go() -> tuple[int, dict[str, str]]:
-        controller = await _controller(directory)
-        try:
+        async with await Controller.open(directory) as controller:
             try:
                 _, desired = await controller.load(online=False)
                 names = {"process", desired.node.runtime}
@@ -312,8 +303,6 @@ def down(directory: DirOption = Path(DEFAULT_DIR)) -> None:
                     out.print(f"stopped {inst.model} ({inst.runtime} {inst.ident})", markup=False)
                     stopped += 1
             return stopped, unavailable
-        finally:
-            await controller.close()
 
     stopped, unavailable = _run(go())
     for runtime, why in unavailable.items():
@@ -335,16 +324,13 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
     from .pull import attach_for_cli
 
     async def go() -> tuple[list[Any], GpuState, Any, list[str]]:
-        controller = await _controller(directory)
-        try:
+        async with await Controller.open(directory) as controller:
             mode, warning = await attach_for_cli(controller, fetch=False)
             rows, gpus = await controller.status(), await controller.gpu_state()
             generation = await controller.store.last_generation()
             if mode is None:  # the work tree as it is now, not as it was applied
                 warning = dirty_warning(await controller.git_info())
             return rows, gpus, generation, [warning] if warning else []
-        finally:
-            await controller.close()
 
     try:
         rows, gpus, generation, warnings = _run(go())
@@ -398,8 +384,7 @@ def events(
     """The event log: what modelplane did and why."""
 
     async def go() -> None:
-        controller = await _controller(directory)
-        try:
+        async with await Controller.open(directory) as controller:
             last_id = 0
             for event in await controller.store.events(model=model, limit=limit):
                 _print_event(event.as_dict())
@@ -409,8 +394,6 @@ def events(
                 for event in await controller.store.events(model=model, after_id=last_id):
                     _print_event(event.as_dict())
                     last_id = event.id
-        finally:
-            await controller.close()
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(go())
@@ -431,13 +414,10 @@ def logs(
     """The tail of a model backend's log."""
 
     async def go() -> str:
-        controller = await _controller(directory)
-        try:
+        async with await Controller.open(directory) as controller:
             _, desired = await controller.load(online=False)
             runtime = desired.models[model].runtime if model in desired.models else "process"
             return await controller.runtimes.get(runtime).logs(model, lines)
-        finally:
-            await controller.close()
 
     text = _run(go())
     if not text:
@@ -458,11 +438,8 @@ def history(
     from .gitinfo import changes_between
 
     async def go() -> list[Any]:
-        controller = await _controller(directory)
-        try:
+        async with await Controller.open(directory) as controller:
             return await controller.store.generations(limit=limit + 1)
-        finally:
-            await controller.close()
 
     generations = list(reversed(_run(go())))
     table = Table(box=None, pad_edge=False)
@@ -512,11 +489,8 @@ def gpus(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False) 
     from .gpus import gpu_table, inventory_json, node_gpus, read_inventory
 
     async def go() -> GpuState:
-        controller = await _controller(directory)
-        try:
+        async with await Controller.open(directory) as controller:
             return await controller.gpu_state()
-        finally:
-            await controller.close()
 
     try:
         state = _run(go())

@@ -95,6 +95,12 @@ class Controller:
     async def close(self) -> None:
         await self.store.close()
 
+    async def __aenter__(self) -> Controller:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
     async def load(self, online: bool = True, persist: bool = True) -> tuple[ManifestSet, Desired]:
         """Manifests in force (falling back to last valid versions) and the desired state.
 

@@ -61,9 +61,14 @@ def estimate_all(
     }
 
 
-def missing(estimates: Mapping[str, Estimate | str]) -> list[str]:
-    """Models without an estimate yet (weights not downloaded when last looked)."""
-    return [n for n, e in estimates.items() if not isinstance(e, Estimate) and e != NOT_NEEDED]
+def missing(estimates: Mapping[str, Estimate | str], desired: Desired) -> list[str]:
+    """Models to estimate (again): new or changed ones, and those without an estimate yet
+    (weights not downloaded when last looked)."""
+    return [
+        name
+        for name in desired.models
+        if not isinstance(estimates.get(name), Estimate) and estimates.get(name) != NOT_NEEDED
+    ]
 
 
 @lru_cache(maxsize=256)

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .desired import Desired, DesiredModel
 from .launch import launch_spec
-from .planner import Action
+from .planner import Action, GpuPlacement
 from .runtimes import RuntimeSet
 from .runtimes.base import Instance, StartError
 from .store import Store
-
-Placement = tuple[tuple[int, ...] | None, tuple[str, ...]]  # (gpus or None, extra args)
-EventSink = Callable[[str, str, str | None], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -32,8 +29,8 @@ class Outcome:
     permanent: bool = False  # a failure that only a spec change can mend
 
 
-def explicit_placement(model: DesiredModel) -> Placement:
-    """Placement without a GPU scheduler: explicit indices as given, anything else no GPU."""
+def explicit_placement(model: DesiredModel) -> GpuPlacement:
+    """For a start the GPU scheduler did not place: explicit indices as given, else no GPU."""
     gpus = model.spec.gpus
     return (tuple(gpus), ()) if isinstance(gpus, list) else (None, ())
 
@@ -43,13 +40,11 @@ class Executor:
         self,
         runtimes: RuntimeSet,
         store: Store,
-        place: Callable[[DesiredModel], Placement] = explicit_placement,
         resolve_path: Callable[[DesiredModel], str | None] = lambda model: None,
         grace: float = 10.0,
     ) -> None:
         self.runtimes = runtimes
         self.store = store
-        self.place = place
         self.resolve_path = resolve_path
         self.grace = grace
 
@@ -100,7 +95,7 @@ class Executor:
         runtime = self.runtimes.get(model.runtime)
         began = time.monotonic()
         try:
-            gpus, extra_args = action.placement or self.place(model)
+            gpus, extra_args = action.placement or explicit_placement(model)
             spec = launch_spec(model, generation, gpus, self.resolve_path(model), extra_args)
         except ValueError as exc:
             return await self._failed(action, str(exc))

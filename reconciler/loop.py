@@ -23,7 +23,7 @@ import watchfiles
 from .activity import ActivityTracker
 from .controller import Controller
 from .desired import Desired, build_desired
-from .estimates import estimate_all, estimate_model, missing
+from .estimates import estimate_all, missing
 from .gpus import Inventory, node_gpus, read_inventory
 from .gputypes import Claim
 from .manifests import ManifestSet
@@ -100,6 +100,7 @@ class ReconcileLoop:
         self.passes = 0
         self.on_change: list[Callable[[], None]] = []  # called after each pass / phase change
         self.overrides = Overrides(controller.store)  # models loaded by hand (held)
+        activity.holds = lambda: self.overrides.held
         self._failing: dict[str, str] = {}  # failed since last Ready (why): next Ready "Recovered"
         self._emitting: set[asyncio.Task[object]] = set()
         self._waiters: dict[str, asyncio.Future[str]] = {}
@@ -262,10 +263,10 @@ class ReconcileLoop:
             await self._note_runtimes(before)
             blind = self._blind()
             self.inventory = await asyncio.to_thread(read_inventory, node_gpus(self.desired.node))
-            if retry := missing(self.estimates):  # weights may have arrived since
+            if todo := missing(self.estimates, self.desired):  # new, changed, or weights arrived
                 resolve = self.controller.executor.resolve_path
                 found = await asyncio.to_thread(
-                    estimate_all, self.desired, resolve, retry, bool(self.inventory.gpus)
+                    estimate_all, self.desired, resolve, todo, bool(self.inventory.gpus)
                 )
                 self.estimates.update(found)
             await self._sync_ready()
@@ -412,11 +413,8 @@ class ReconcileLoop:
             and self.desired.models[name].spec_hash != model.spec_hash
         }
         self.desired = desired
-        if changed:
-            resolve = self.controller.executor.resolve_path
-            for name, model in changed.items():
-                path = model.spec.source.path or resolve(model)
-                self.estimates[name] = await asyncio.to_thread(estimate_model, model, path)
+        for name in changed:  # new files: this pass estimates them again
+            self.estimates.pop(name, None)
 
     async def _load(self) -> None:
         store = self.controller.store
@@ -451,14 +449,9 @@ class ReconcileLoop:
         self._failing = {n: why for n, why in self._failing.items() if n in desired.models}
         if desired.models or self.allow_empty:  # (a refused, emptied set changes nothing)
             await self.overrides.check(manifest_digests(manifests, desired))
-            self.activity.held = self.overrides.held
         self.manifests, self.desired = manifests, desired
         self.unschedulable_wait = desired.node.proxy.queue_timeout
-        resolve = self.controller.executor.resolve_path
-        self.inventory = await asyncio.to_thread(read_inventory, node_gpus(desired.node))
-        self.estimates = await asyncio.to_thread(
-            estimate_all, desired, resolve, None, bool(self.inventory.gpus)
-        )
+        self.estimates = {}  # the pass estimates every model, after reading the inventory
 
     async def _sync_ready(self) -> None:
         """Adopt healthy backends we did not start; forget ones that are gone."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from proxy.gateway import PRIORITIES, ApiKey, ModelRoute, Refused, RequestRecord, Unavailable
 
+from . import manifests as manifest_sets
 from .activity import ActivityTracker
 from .alerts import EventNotifications
 from .applied import applied, dirty_warning
@@ -68,7 +69,6 @@ class Service:
         self.activity.last_used.update(await self.controller.store.last_used())
         await self.controller.weights.forget_interrupted()
         await self.loop.overrides.restore()
-        self.activity.held = self.loop.overrides.held
         await self._start_ops()
         self._tasks = [
             asyncio.create_task(self.loop.run(), name="reconcile loop"),
@@ -81,8 +81,10 @@ class Service:
 
     async def _start_ops(self) -> None:
         """Webhooks and pull mode, from the directory's Node manifest, before the first pass."""
-        try:
-            manifests, _ = await self.controller.load(online=False, persist=False)
+        try:  # only the Node is needed: no revisions resolved, nothing remembered
+            manifests = manifest_sets.load(
+                self.controller.manifest_dir, await self.controller.store.documents()
+            )
         except FileNotFoundError:
             return
         node_name = manifests.node_doc.name if manifests.node_doc else None
@@ -369,7 +371,6 @@ class Service:
         if not wanted.pinned:  # a pin holds it already
             digest = manifest_digests(self.loop.manifests, desired)[model]
             await self.loop.overrides.hold(model, digest)
-            self.activity.held = self.loop.overrides.held
         self.activity.touch(model)
         await self.wake(model)
 
@@ -382,7 +383,6 @@ class Service:
         if desired.models[model].pinned:
             raise Refused(f"{model} is pinned: it is never unloaded (set pin: false to allow)")
         await self.loop.overrides.release(model, "unloaded by hand")
-        self.activity.held = self.loop.overrides.held
         self.activity.wanted.discard(model)
         instance = next(
             (i for i in self.loop.actual if i.model == model and i.state == "running"), None
