@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy import errors
 from proxy.auth import check
+from proxy.dashboard import dashboard_handlers
 from proxy.core import ProxyCore
 from proxy.errors import ProxyError
 from proxy.gateway import Refused, Unavailable
@@ -53,9 +54,10 @@ def admin_handlers(core: ProxyCore) -> list[BaseRouteHandler]:
 
     guards = [admin_guard]
 
-    @get("/healthz", sync_to_thread=False)
+    @get(["/healthz", "/health"], sync_to_thread=False)
     def healthz() -> dict[str, str]:
-        """The process is alive and serving HTTP."""
+        """The process is alive and serving HTTP (``/health`` too, as llama.cpp and Model Boss
+        answer it)."""
         return {"status": "ok"}
 
     @get("/readyz", sync_to_thread=False)
@@ -70,6 +72,26 @@ def admin_handlers(core: ProxyCore) -> list[BaseRouteHandler]:
     @get("/api/status", guards=guards)
     async def status() -> dict[str, Any]:
         return merge_queue_stats(await gateway.status(), core.queues.stats())
+
+    @get("/api/gpus", guards=guards)
+    async def gpus() -> dict[str, Any]:
+        """The ``gpus`` part of ``/api/status``: each GPU with NVML's figures and the claims."""
+        return (await gateway.status())["gpus"]
+
+    @get("/api/requests", guards=guards)
+    async def requests(request: Request) -> list[dict[str, Any]]:
+        """The request log, newest first: ``?model=``, ``?client=``, ``?status=`` (a code, or
+        1-5 for a class: ``5`` is every 5xx), ``?limit=N`` (default 100)."""
+        query = request.query_params
+        status_text = query.get("status") or None
+        if status_text is not None and not status_text.isdigit():
+            raise errors.bad_request(f"status must be a number, got {status_text!r}")
+        return await gateway.requests(
+            model=query.get("model") or None,
+            client=query.get("client") or None,
+            status=int(status_text) if status_text else None,
+            limit=_count(request, "limit", 100),
+        )
 
     @get("/api/events", guards=guards)
     async def events(request: Request) -> Response:
@@ -133,19 +155,47 @@ def admin_handlers(core: ProxyCore) -> list[BaseRouteHandler]:
         return await gateway.history(_count(request, "limit", 20))
 
     @get("/api/models/{name:str}/logs", guards=guards)
-    async def logs(request: Request) -> Response[str]:
-        """The tail of a model's backend log (``?lines=N``, default 50) as plain text."""
+    async def logs(request: Request) -> Response:
+        """The tail of a model's backend log (``?lines=N``, default 50) as plain text;
+        ``?follow=1``: then each new line, as SSE (``data: {"line": ...}``)."""
         name = request.path_params["name"]
         route = gateway.route(name)
-        text = await gateway.logs(route.name if route else name, _count(request, "lines", 50))
-        return Response(text, media_type="text/plain; charset=utf-8")
+        model, lines = route.name if route else name, _count(request, "lines", 50)
+        if request.query_params.get("follow", "").lower() not in ("1", "true", "yes"):
+            text = await gateway.logs(model, lines)
+            return Response(text, media_type="text/plain; charset=utf-8")
+
+        async def stream() -> AsyncIterator[bytes]:
+            async for line in gateway.follow_logs(model, lines):
+                yield _sse({"line": line})
+
+        return Stream(
+            stream(),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
 
     @post("/api/down", guards=guards, status_code=200)
     async def down() -> dict[str, Any]:
         """Stop every managed backend, then the service itself (``modelplane down``)."""
         return await gateway.down()
 
-    return [healthz, readyz, metrics, status, events, reconcile, load, unload, history, logs, down]
+    return [
+        healthz,
+        readyz,
+        metrics,
+        status,
+        gpus,
+        requests,
+        events,
+        reconcile,
+        load,
+        unload,
+        history,
+        logs,
+        down,
+        *dashboard_handlers(),
+    ]
 
 
 def _count(request: Request, name: str, default: int) -> int:

@@ -151,6 +151,20 @@ class Gateway(Protocol):
         """The tail of a model's backend log (empty when there is none)."""
         ...
 
+    def follow_logs(self, model: str, lines: int = 50) -> AsyncIterator[str]:
+        """The tail of a model's backend log, then each new line (``?follow=1``)."""
+        ...
+
+    async def requests(
+        self,
+        model: str | None = None,
+        client: str | None = None,
+        status: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The request log, newest first (``/api/requests``); ``status`` 1-5 is a class."""
+        ...
+
     async def down(self) -> dict[str, Any]:
         """Stop every managed backend, then stop serving (``modelplane down``)."""
         ...

@@ -25,6 +25,7 @@ from reconciler.manifests import manifest_set
 from reconciler.ops.alerts import EventNotifications
 from reconciler.ops.webhooks import display_url
 from reconciler.planning.planner import Action
+from reconciler.runtimes.log_follow import follow_logs
 from reconciler.state.store import Event, Generation
 
 from .activity import ActivityTracker
@@ -334,6 +335,26 @@ class Service:
         wanted = desired.models.get(model) if desired else None
         runtime = wanted.runtime if wanted else "process"
         return await self.controller.runtimes.get(runtime).logs(model, lines)
+
+    async def follow_logs(self, model: str, lines: int = 50) -> AsyncIterator[str]:
+        desired = self.engine.desired
+        wanted = desired.models.get(model) if desired else None
+        runtime = self.controller.runtimes.get(wanted.runtime if wanted else "process")
+        async for line in follow_logs(runtime, model, lines, until=lambda: self._closing):
+            yield line
+
+    async def requests(
+        self,
+        model: str | None = None,
+        client: str | None = None,
+        status: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        await self._flush()  # the newest requests too, not only those of the last batch
+        rows = await self.controller.store.requests(
+            model=model, client=client, status=status, limit=limit
+        )
+        return [r.as_dict() for r in rows]
 
     async def reconcile(self) -> dict[str, Any]:
         if self.pull is not None:

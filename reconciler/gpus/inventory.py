@@ -36,6 +36,7 @@ class StaticGpu:
 
     index: int
     memory: int | None = None
+    name: str = ""  # shown where NVML gives no name
 
 
 NodeGpus = Literal["auto", "none"] | Sequence[StaticGpu]
@@ -163,7 +164,7 @@ def merge_inventory(node_gpus: NodeGpus, reading: NvmlReading) -> Inventory:
             if s.memory is None:
                 notes.append(f"GPU {s.index} in Node.gpus has no memory and NVML cannot tell it")
             else:
-                gpus.append(GpuInfo(index=s.index, total=s.memory, source="static"))
+                gpus.append(GpuInfo(index=s.index, total=s.memory, name=s.name, source="static"))
         notes.append("using the GPUs listed in Node.gpus")
         return Inventory(tuple(gpus), "static", tuple(notes), reading.driver)
 
@@ -191,7 +192,7 @@ def node_gpus(node: NodeSpec) -> NodeGpus:
     """``Node.spec.gpus`` as :func:`read_inventory` takes it."""
     if isinstance(node.gpus, str):
         return node.gpus  # type: ignore[return-value]
-    return [StaticGpu(g.index, g.memory) for g in node.gpus]
+    return [StaticGpu(g.index, g.memory, g.name or "") for g in node.gpus]
 
 
 def read_inventory(node_gpus: NodeGpus = "auto", nvml: Any = pynvml) -> Inventory:

@@ -127,6 +127,36 @@ class Event:
 
 
 @dataclass(frozen=True)
+class RequestRow:
+    """One row of the request log, as ``/api/requests`` and ``modelplane requests`` show it."""
+
+    id: int
+    time: float
+    client: str | None
+    model: str | None
+    path: str | None
+    status: int | None
+    latency: float | None
+    ttft: float | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "time": self.time,
+            "client": self.client,
+            "model": self.model,
+            "path": self.path,
+            "status": self.status,
+            "latency": self.latency,
+            "ttft": self.ttft,
+            "promptTokens": self.prompt_tokens,
+            "completionTokens": self.completion_tokens,
+        }
+
+
+@dataclass(frozen=True)
 class ModelState:
     """A remembered phase (``Failed``, ``Unschedulable``) with its reason."""
 
@@ -425,6 +455,39 @@ class Store:
         except BaseException:
             await self.db.execute("ROLLBACK")
             raise
+
+    async def requests(
+        self,
+        *,
+        model: str | None = None,
+        client: str | None = None,
+        status: int | None = None,
+        limit: int = 100,
+    ) -> list[RequestRow]:
+        """The newest ``limit`` rows of the request log matching the filters, newest first.
+        ``status`` below 10 matches a class (``4`` is every 4xx)."""
+        query = (
+            "SELECT id, time, client, model, path, status, latency, ttft, prompt_tokens,"
+            " completion_tokens FROM requests WHERE 1=1"
+        )
+        params: list[Any] = []
+        if model:
+            query += " AND model = ?"
+            params.append(model)
+        if client:
+            query += " AND client = ?"
+            params.append(client)
+        if status is not None and status < 10:
+            query += " AND status >= ? AND status < ?"
+            params += [status * 100, status * 100 + 100]
+        elif status is not None:
+            query += " AND status = ?"
+            params.append(status)
+        query += " ORDER BY id DESC LIMIT ?"
+        params.append(limit)
+        async with self.db.execute(query, params) as cur:
+            rows = await cur.fetchall()
+        return [RequestRow(*r) for r in rows]
 
     async def request_count(self, model: str | None = None) -> int:
         query, params = "SELECT COUNT(*) FROM requests", []
