@@ -18,8 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy import errors
 from proxy.auth import check
-from proxy.dashboard import dashboard_handlers
 from proxy.core import ProxyCore
+from proxy.dashboard import dashboard_handlers
 from proxy.errors import ProxyError
 from proxy.gateway import Refused, Unavailable
 from proxy.queueing import QueueStats

@@ -80,6 +80,22 @@ class ServiceClient:
                 if line.startswith("data: "):
                     yield json.loads(line[6:])
 
+    def follow_logs(self, model: str, lines: int) -> Iterator[str]:
+        """The last ``lines`` lines of a backend's log, then each new one (SSE)."""
+        params = {"lines": lines, "follow": 1}
+        path = f"/api/models/{model}/logs"
+        with self.http.stream("GET", path, params=params, timeout=None) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ServiceError(_error_text(response))
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])["line"]
+
+    def requests(self, **filters: Any) -> list[dict[str, Any]]:
+        params = {k: v for k, v in filters.items() if v is not None}
+        return self._call("GET", "/api/requests", params=params).json()
+
     def history(self, limit: int) -> list[dict[str, Any]]:
         return self._call("GET", "/api/history", params={"limit": limit}).json()
 

@@ -78,6 +78,30 @@ AllowEmpty = Annotated[
 ]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("modelplane")
+        except PackageNotFoundError:  # run from a checkout that is not installed
+            number = "unknown (not installed)"
+        sys.stdout.write(f"modelplane {number}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _options(
+    _show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Declarative, GitOps-style model serving: manifests in, converged GPU box out."""
+
+
 def main() -> None:
     try:
         app()
@@ -101,6 +125,11 @@ def _fail(message: str) -> typer.Exit:
 def _print_errors(errors: list[ManifestError]) -> None:
     for error in errors:
         err.print(str(error), markup=False, style="red")
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 model``, ``2 models``."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _warn(warning: str) -> None:
@@ -136,7 +165,7 @@ def validate(directory: DirArg = Path(DEFAULT_DIR)) -> None:
     except FileNotFoundError as exc:
         raise _fail(str(exc)) from None
     _print_errors(result.errors)
-    counts = f"{len(result.models)} models, {len(result.engine_docs)} engines"
+    counts = f"{_count(len(result.models), 'model')}, {_count(len(result.engine_docs), 'engine')}"
     if result.errors:
         err.print(f"{len(result.errors)} error(s) in {directory} ({counts} valid)", markup=False)
         raise typer.Exit(1)
@@ -397,6 +426,7 @@ def status(directory: FindOption = None, as_json: JsonOption = False) -> None:
     if data["gpus"].get("gpus"):
         out.print(views.gpu_table(data["gpus"]))
     out.print(data["applied"]["text"] if data.get("applied") else applied_line(None), markup=False)
+    sys.stdout.flush()  # the errors and warnings below (stderr) must not land inside this line
     for error in data.get("errors", []):
         err.print(error, markup=False, style="red")
     for warning in data.get("warnings", []):
@@ -462,20 +492,35 @@ def logs(
     model: str,
     directory: FindOption = None,
     lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
 ) -> None:
-    """The tail of a model backend's log."""
+    """The tail of a model backend's log; -f follows it (Ctrl-C ends)."""
     found, client = _find(directory)
-    if client is not None:
-        with client:
-            text = client.logs(model, lines)
-    else:
-        text = _run(_offline_logs(found, model, lines))
-    if not text:
-        raise _fail(f"no log for {model}")
-    sys.stdout.write(text + "\n")
+    with contextlib.suppress(KeyboardInterrupt):
+        if client is not None and follow:
+            with client:
+                for line in client.follow_logs(model, lines):
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+            return
+        if follow:
+            _run(_offline_logs(found, model, lines, follow=True))
+            return
+        if client is not None:
+            with client:
+                text = client.logs(model, lines)
+        else:
+            text = _run(_offline_logs(found, model, lines))
+        if not text:
+            raise _fail(f"no log for {model}")
+        sys.stdout.write(text + "\n")
 
 
-async def _offline_logs(found: Located, model: str, lines: int) -> str:
+async def _offline_logs(found: Located, model: str, lines: int, follow: bool = False) -> str:
+    from reconciler.runtimes.log_follow import follow_logs
+
     directory = found.manifests or Path(DEFAULT_DIR)
     async with await Controller.open(directory, found.state_dir) as controller:
         runtime = "process"
@@ -483,7 +528,82 @@ async def _offline_logs(found: Located, model: str, lines: int) -> str:
             _, desired = await controller.load(online=False, persist=False)
             if model in desired.models:
                 runtime = desired.models[model].runtime
-        return await controller.runtimes.get(runtime).logs(model, lines)
+        if not follow:
+            return await controller.runtimes.get(runtime).logs(model, lines)
+        async for line in follow_logs(controller.runtimes.get(runtime), model, lines):
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        return ""
+
+
+@app.command()
+def ps(directory: FindOption = None, as_json: JsonOption = False) -> None:
+    """The models loaded now (as Ollama's ps): where they run, their size, and UNTIL when they
+    stay loaded if no request comes."""
+    found, client = _find(directory)
+    if client is not None:
+        with client:
+            data = client.status()
+    else:
+        data = _run(_offline_status(_offline_manifests(found), found.state_dir))
+    loaded = [m for m in data["models"] if m["phase"] in views.LOADED]
+    if as_json:
+        sys.stdout.write(json.dumps(loaded, indent=2) + "\n")
+        return
+    if not loaded:
+        out.print("no model is loaded")
+        return
+    out.print(views.ps_table(loaded, data.get("time") or time.time()))
+
+
+@app.command()
+def requests(
+    directory: FindOption = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")] = None,
+    client_name: Annotated[
+        str | None, typer.Option("--client", "-c", help="Only this client (x_client_id or IP).")
+    ] = None,
+    status_filter: Annotated[
+        str | None,
+        typer.Option("--status", "-s", help="A status code (429) or a class (5xx, 4xx)."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """The request log, newest first: time, client, model, status, latency, tokens."""
+    code = _status_filter(status_filter)
+    found, client = _find(directory)
+    filters = {"model": model, "client": client_name, "status": code, "limit": limit}
+    if client is not None:
+        with client:
+            rows = client.requests(**filters)
+    else:
+
+        async def go() -> list[dict[str, Any]]:
+            async with await Store.open(found.state_dir / "modelplane.db") as store:
+                found_rows = await store.requests(
+                    model=model, client=client_name, status=code, limit=limit
+                )
+                return [r.as_dict() for r in found_rows]
+
+        rows = _run(go())
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    if not rows:
+        out.print("no requests logged" + (" that match" if model or client_name or code else ""))
+        return
+    out.print(views.requests_table(rows))
+
+
+def _status_filter(text: str | None) -> int | None:
+    """``429`` → 429; ``5xx`` (or ``5``) → 5, a class the API understands."""
+    if text is None:
+        return None
+    value = text.lower().removesuffix("xx")
+    if not value.isdigit() or not (len(value) == 1 or len(value) == 3):
+        raise _fail(f"--status takes a code (429) or a class (5xx), not {text!r}")
+    return int(value)
 
 
 @app.command("history")
@@ -546,9 +666,15 @@ def doctor(directory: DirArg = Path(DEFAULT_DIR)) -> None:
     from reconciler.state import paths
 
     try:
-        node = manifest_sets.load(directory).node
+        manifests = manifest_sets.load(directory)
     except FileNotFoundError:
-        node = manifest_sets.NodeSpec()
+        manifests = manifest_sets.ManifestSet()
+    node = manifests.node
+    specs = [m.doc.spec for m in manifests.models.values()]
+    engines = manifests.engines
+    local = [s.engine for s in specs if (s.runtime or node.runtime) == "process"]
+    if not specs and node.runtime == "process":
+        local = ["llama-server"]  # the engine a first model gets unless it names one
     results = checks.run_doctor(
         manifests_dir=directory,
         cache_dir=paths.cache_dir(node),
@@ -557,6 +683,9 @@ def doctor(directory: DirArg = Path(DEFAULT_DIR)) -> None:
         gpus_required=isinstance(node.gpus, list),
         docker_host=node.docker_host,
         hf_endpoint=os.environ.get("HF_ENDPOINT"),
+        gpus_none=node.gpus == "none",
+        uses_hub=any(s.source.huggingface is not None for s in specs),
+        engines={name: engines[name].command for name in local if name in engines},
     )
     checks.render(results, out)
     raise typer.Exit(checks.exit_code(results))
@@ -586,6 +715,10 @@ def gpus(directory: FindOption = None, as_json: JsonOption = False) -> None:
         data = inventory_json(read_inventory(node_gpus(node)), (), node.vram_reserve)
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    if not data.get("gpus"):  # a CPU-only box: say so, rather than draw an empty table
+        why = "; ".join(data.get("messages", [])) or "NVML sees none"
+        out.print(f"no GPUs: {why}", markup=False)
         return
     out.print(views.gpu_table(data))
 

@@ -97,3 +97,67 @@ def history_table(rows: Sequence[Mapping[str, Any]]) -> Table:
         cells = (str(row["generation"]), when(row["time"]), commit, row["outcome"], detail)
         table.add_row(*(escape(cell) for cell in cells))  # "[subject]" is not rich markup
     return table
+
+
+LOADED = ("Ready", "Starting", "Draining")
+
+
+def until(row: Mapping[str, Any], now: float) -> str:
+    """When a loaded model is unloaded if no request comes, as Ollama's ``ps`` says it."""
+    if row.get("pinned"):
+        return "Forever (pinned)"
+    if row.get("held"):
+        return "until unloaded (loaded by hand)"
+    due = row.get("unloadAt")
+    if due is None:
+        return "after its requests in flight" if row.get("inFlight") else "-"
+    left = due - now
+    return "now" if left <= 0 else f"{format_duration(left)} from now ({when(due)[11:]})"
+
+
+def ps_table(models: Sequence[Mapping[str, Any]], now: float) -> Table:
+    """``modelplane ps``: the models loaded now, where, how big, and until when."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "PHASE", "PROCESSOR", "SIZE", "IN FLIGHT", "UNTIL"):
+        table.add_column(column)
+    for row in models:
+        if row["phase"] not in LOADED:
+            continue
+        gpus = row.get("gpus") or []
+        where = f"GPU {','.join(map(str, gpus))}" if gpus else "CPU"
+        size = row.get("vram") if row.get("vram") is not None else row.get("size")
+        table.add_row(
+            escape(row["name"]),
+            row["phase"],
+            where,
+            _size(size),
+            str(row.get("inFlight", 0)),
+            until(row, now),
+        )
+    return table
+
+
+def requests_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    """``modelplane requests``: the request log, newest first."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("TIME", "CLIENT", "MODEL", "PATH", "STATUS", "LATENCY", "TTFT", "TOKENS"):
+        table.add_column(column, justify="right" if column in ("LATENCY", "TTFT") else "left")
+    for r in rows:
+        tokens = "-"
+        if r.get("promptTokens") is not None or r.get("completionTokens") is not None:
+            tokens = f"{r.get('promptTokens') or 0} in / {r.get('completionTokens') or 0} out"
+        table.add_row(
+            when(r["time"]),
+            escape(r.get("client") or "-"),
+            escape(r.get("model") or "-"),
+            escape(r.get("path") or "-"),
+            str(r.get("status") or "-"),
+            _millis(r.get("latency")),
+            _millis(r.get("ttft")),
+            tokens,
+        )
+    return table
+
+
+def _millis(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"

@@ -112,6 +112,13 @@ async def serve(
             yield
         finally:
             await service.stop()
+            left = service.left_running()
+            if left:
+                log.info(
+                    "%d backend(s) left running for adoption (%s); `modelplane down` stops them",
+                    len(left),
+                    ", ".join(left),
+                )
 
     app = create_app(service, settings or proxy_settings(node.proxy), lifespan=[lifespan])
     app.state.proxy.metrics.registry.register(GpuCollector(service.gpu_snapshot))

@@ -43,6 +43,12 @@ FLUSH_INTERVAL = 1.0  # seconds between batched writes of the request log and id
 WAKE_SLACK = 5.0
 
 
+def _log_event(event: Event) -> None:
+    """Each action (start, ready in N s, unload, evict, download done…) as one log line."""
+    who = f" {event.model}:" if event.model else ""
+    log.info("%s%s %s", event.kind, who, event.message)
+
+
 class Service:
     """Implements :class:`proxy.gateway.Gateway` on top of the reconcile engine."""
 
@@ -60,6 +66,8 @@ class Service:
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         controller.store.listeners.append(self._on_event)
+        controller.store.listeners.append(_log_event)  # `run` in the foreground: one line each
+        self.stopped_all = False  # `modelplane down` stopped every backend
         self.pull: PullMode | None = None  # Node.git
         self.notifications = EventNotifications()  # Node.notify
         controller.store.listeners.append(self.notifications.on_event)
@@ -424,8 +432,15 @@ class Service:
                     "Stopped", "stopped by modelplane down", inst.model
                 )
                 stopped.append({"model": inst.model, "runtime": inst.runtime, "id": inst.ident})
+        self.stopped_all = not unavailable
         asyncio.get_running_loop().call_later(0.2, self.on_exit_request)
         return {"stopped": stopped, "unavailable": unavailable}
+
+    def left_running(self) -> list[str]:
+        """The backends still running as the service stops (the next ``run`` adopts them)."""
+        if self.stopped_all:
+            return []
+        return sorted(i.model for i in self.engine.actual if i.managed and i.state != "exited")
 
     # --- the request log and idle clocks -------------------------------------------------------
 

@@ -33,7 +33,12 @@ def estimate_model(model: DesiredModel, path: str | None, gpu_box: bool = True) 
     try:
         if location is not None and location.is_file() and location.suffix == ".gguf":
             stat = location.stat()
-            info = _gguf_info(str(location), stat.st_mtime_ns, stat.st_size)
+            try:
+                info = _gguf_info(str(location), stat.st_mtime_ns, stat.st_size)
+            except Exception:
+                if model.spec.vram is None:
+                    raise
+                # spec.vram says it all: a header that cannot be read must not hide it
         elif location is not None and location.is_dir():
             size = sum(p.stat().st_size for p in location.rglob("*") if p.is_file())
         return estimate(

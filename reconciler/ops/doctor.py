@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import os
 import shutil
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -287,6 +288,42 @@ def check_hf_endpoint(endpoint: str | None = None, *, timeout: float = 3.0) -> C
     return Check("huggingface", "ok", f"{url} answered HTTP {response.status_code} in {took:.1f}s")
 
 
+# --- engines ------------------------------------------------------------------------------------
+
+ENGINE_FIXES = {
+    "llama-server": "install llama.cpp so that llama-server is on PATH (a release from "
+    "github.com/ggml-org/llama.cpp, or your package manager's llama.cpp), or use "
+    "engine: llama-cpp-python (pip install 'llama-cpp-python[server]')",
+    "llama_cpp": "pip install 'llama-cpp-python[server]' into the environment modelplane runs in",
+    "vllm": "pip install vllm, or run the model with runtime: docker (the vllm image)",
+}
+
+
+def check_engines(engines: Mapping[str, Sequence[str]]) -> Check:
+    """Each engine that models run as local processes can be started: its program is on PATH,
+    or its Python module (``{python} -m MODULE``) is importable here. ``engines``: engine name
+    to command; docker models are left out (their engines are in the images)."""
+    if not engines:
+        return Check("engines", "ok", "no model runs as a local process")
+    missing, found = [], []
+    for name, command in sorted(engines.items()):
+        program = command[0] if command else ""
+        if program == "{python}" and len(command) > 2 and command[1] == "-m":
+            module = command[2].split(".")[0]
+            ok = importlib.util.find_spec(module) is not None
+            what, key = f"python module {module}", module
+        else:
+            ok = shutil.which(program) is not None
+            what, key = program, program
+        (found if ok else missing).append((name, what, key))
+    if not missing:
+        return Check("engines", "ok", ", ".join(f"{n} ({w})" for n, w, _ in found))
+    detail = "; ".join(f"{n}: {w} not found" for n, w, _ in missing)
+    fixes = [ENGINE_FIXES.get(key) or ENGINE_FIXES.get(name) for name, _, key in missing]
+    fix = "; ".join(f for f in fixes if f) or "install the engine's program, or fix its command"
+    return Check("engines", "fail", detail, fix)
+
+
 # --- all together -------------------------------------------------------------------------------
 
 
@@ -300,15 +337,26 @@ def run_doctor(
     docker_host: str | None = None,
     hf_endpoint: str | None = None,
     timeout: float = 3.0,
+    gpus_none: bool = False,
+    uses_hub: bool = True,
+    engines: Mapping[str, Sequence[str]] | None = None,
 ) -> list[Check]:
-    """Every check, in a fixed order, run concurrently (bounded by the timeouts)."""
+    """Every check, in a fixed order, run concurrently (bounded by the timeouts).
+
+    ``gpus_none``: the Node says ``gpus: none`` (NVML is not looked at); ``uses_hub``: some model
+    comes from the hub (else the hub is not asked); ``engines``: see :func:`check_engines`."""
     checks: list[Callable[[], Check]] = [
         lambda: check_docker(docker_host, required=runtime == "docker", timeout=timeout),
-        lambda: check_nvml(required=gpus_required),
+        (lambda: Check("gpu", "ok", "Node.gpus is none: no GPU is used"))
+        if gpus_none
+        else (lambda: check_nvml(required=gpus_required)),
         lambda: check_disk(cache_dir),
         lambda: check_listen(listen, timeout=timeout),
         lambda: check_git(manifests_dir),
-        lambda: check_hf_endpoint(hf_endpoint, timeout=timeout),
+        (lambda: check_hf_endpoint(hf_endpoint, timeout=timeout))
+        if uses_hub
+        else (lambda: Check("huggingface", "ok", "no model comes from the hub: not asked")),
+        lambda: check_engines(engines or {}),
     ]
     with ThreadPoolExecutor(max_workers=len(checks)) as pool:
         return list(pool.map(_guarded, checks))

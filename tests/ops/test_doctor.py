@@ -262,7 +262,8 @@ def test_run_doctor_and_render(tmp_path: Path, work_repo: Path, server: Server) 
         hf_endpoint=f"http://127.0.0.1:{server.port}",
         timeout=2,
     )
-    assert [c.name for c in checks] == ["docker", "gpu", "disk", "listen", "git", "huggingface"]
+    names = ["docker", "gpu", "disk", "listen", "git", "huggingface", "engines"]
+    assert [c.name for c in checks] == names
     by_name = {c.name: c for c in checks}
     assert by_name["docker"].status == "ok"  # not needed with the process runtime
     assert by_name["listen"].status == "ok" and by_name["git"].status == "ok"

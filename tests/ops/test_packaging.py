@@ -123,6 +123,10 @@ def test_wheel_holds_every_module_and_the_entry_point(wheel: Path) -> None:
     sources = {f for f in context_files() if f.endswith(".py")}
     assert sources and sources <= names, f"not packaged: {sorted(sources - names)}"
     assert re.search(r"^modelplane = reconciler\.cli\.main:main$", scripts, re.M)
+    # the dashboard's static files (served at /ui) travel with the package
+    assets = {f for f in context_files() if f.startswith("proxy/ui/")}
+    assert {"proxy/ui/index.html", "proxy/ui/app.js", "proxy/ui/style.css"} <= assets
+    assert assets <= names, f"not packaged: {sorted(assets - names)}"
 
 
 def test_wheel_metadata_matches_pyproject(wheel: Path) -> None:

@@ -76,7 +76,7 @@ def test_dashboard_live(make_box: MakeBox, browser: Any) -> None:
     assert "never (pinned)" in _row_text(driver, "chat", "until")
     gpus = driver.find_element(By.ID, "gpus").text
     assert "GPU 0" in gpus and "Test GPU 24G" in gpus and "chat 6 GiB" in gpus
-    _wait(driver, lambda d: "live" == d.find_element(By.ID, "live-text").text, "events live")
+    _wait(driver, lambda d: d.find_element(By.ID, "live-text").text == "live", "events live")
 
     # A request wakes coder: the row turns Starting, then Ready, without a reload.
     marker = driver.execute_script("window.__same_page = 1; return 1")
