@@ -55,7 +55,7 @@ class Eviction:
     """
 
     victims: tuple[str, ...]
-    placement: Placement
+    placement: Placement | None  # None: a slot under Node.maxLoaded, not VRAM
     causes: dict[str, str]
     reason: str
 
@@ -247,3 +247,40 @@ def _least_need(d: ModelDemand, gpus: Sequence[GpuInfo]) -> int:
     if d.fraction is not None:
         return min(int(d.fraction * g.total) for g in gpus)
     return d.bytes
+
+
+def choose_slot_victims(
+    demand: str, priority: int, models: Sequence[RunningModel], max_loaded: int
+) -> Eviction | Unschedulable:
+    """``Node.maxLoaded``: who to evict so that ``demand`` can be one of at most ``max_loaded``
+    models loaded at once (a CPU-only box has no VRAM figure to go by). The same policy as for
+    VRAM: only idle, unpinned models of lower or equal priority, lowest priority and least
+    recently used first. No victims when a slot is free."""
+    others = [m for m in models if m.name != demand]
+    over = len(others) + 1 - max_loaded
+    reason = f"{len(others)} of maxLoaded {max_loaded} loaded"
+    if over <= 0:
+        return Eviction((), None, {}, reason)
+    ok, refused = [], []
+    for m in sorted(others, key=lambda m: m.name):
+        if m.pinned:
+            refused.append(f"{m.name} is pinned")
+        elif m.in_flight:
+            refused.append(f"{m.name} has {m.in_flight} request(s) in flight")
+        elif not m.running:
+            refused.append(f"{m.name} is starting or draining")
+        elif m.priority > priority:
+            refused.append(f"{m.name} has higher priority ({priority_name(m.priority)})")
+        else:
+            ok.append(m)
+    if len(ok) < over:
+        why = "; ".join(refused) or "no other model is loaded"
+        return Unschedulable(f"{reason}; not enough can be evicted ({why})")
+    ok.sort(key=lambda m: (m.priority, m.last_used, m.name))
+    victims = ok[:over]
+    causes = {
+        v.name: f"maxLoaded {max_loaded} for {demand}, priority {priority_name(v.priority)}"
+        for v in victims
+    }
+    names = ", ".join(v.name for v in victims)
+    return Eviction(tuple(v.name for v in victims), None, causes, f"{reason}: evict {names}")

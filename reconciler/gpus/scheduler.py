@@ -22,9 +22,9 @@ from reconciler.planning.desired import Desired, DesiredModel
 from reconciler.planning.planner import Action, Activity
 from reconciler.runtimes.base import Instance
 
-from .eviction import Eviction, RunningModel, choose_victims, pins_fit
+from .eviction import Eviction, RunningModel, choose_slot_victims, choose_victims, pins_fit
 from .inventory import Inventory, observed_usage
-from .placement import ModelDemand, Placement, place
+from .placement import ModelDemand, Placement, Unschedulable, place
 from .types import Claim, GpuInfo
 from .vram import Estimate
 
@@ -84,14 +84,35 @@ def schedule(
     instances = {i.model: i for i in actual if i.managed and i.state == "running"}
     taken: dict[str, tuple[Claim, ...]] = dict(claims)
     evicted = False
+    loaded = {m.name: m for m in running}  # what holds a backend now (maxLoaded counts them)
+    max_loaded = desired.node.max_loaded
     for action in starts:
         model = desired.models[action.model]
+        if max_loaded is not None:
+            slot = choose_slot_victims(
+                model.name, PRIORITIES[model.spec.priority], list(loaded.values()), max_loaded
+            )
+            if isinstance(slot, Unschedulable):
+                result.unschedulable[model.name] = slot.reason
+                continue
+            if slot.victims:
+                if model.name in settling or evicted:
+                    result.waiting[model.name] = "waiting for evicted models to stop"
+                    continue
+                evicted = True
+                for victim in slot.victims:
+                    inst = instances.get(victim)
+                    if inst is not None:
+                        result.actions.append(Action("evict", victim, slot.causes[victim], inst))
+                result.waiting[model.name] = slot.reason
+                continue
         outcome = _place_one(model, gpus, reserve, taken, estimates.get(model.name))
         if isinstance(outcome, Placed):
             result.actions.append(replace(action, placement=outcome.placement))
             result.claims[model.name] = new_claims = outcome.claims
             result.placed[model.name] = outcome.reason
             taken[model.name] = new_claims
+            loaded[model.name] = RunningModel(model.name, new_claims, running=False)
             continue
         demand, reason = outcome
         if demand is None:

@@ -200,6 +200,13 @@ class NodeSpec(Strict):
     resync: Duration = 30.0
     api_keys: list[ApiKeySpec] = Field(default_factory=list)
     max_downloads: int = Field(2, ge=1)
+    max_loaded: int | None = Field(
+        None,
+        ge=1,
+        description="At most this many models loaded at once; a start evicts by the same "
+        "priority/LRU policy as for VRAM. For CPU-only boxes, where no VRAM figure exists "
+        "(Ollama loads 3 on the CPU). Unset: no limit but the GPUs' memory.",
+    )
     hf_token_file: str | None = None
     docker_host: str | None = None
     git: GitSpec | None = None

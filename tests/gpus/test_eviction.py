@@ -226,3 +226,27 @@ def test_the_demands_own_old_instance_is_not_counted() -> None:
     models = [model("new", 20, priority=HIGH), model("low", 2, priority=LOW)]
     result = choose_victims(want(20), static(24), models)
     assert isinstance(result, Eviction) and result.victims == ()
+
+
+# --- Node.maxLoaded: slots instead of VRAM ----------------------------------------------------
+
+
+def test_slots_evict_the_least_recently_used_of_the_lowest_priority() -> None:
+    from reconciler.gpus.eviction import choose_slot_victims
+
+    models = [
+        RunningModel("old", priority=2, last_used=10.0),
+        RunningModel("new", priority=2, last_used=20.0),
+        RunningModel("cheap", priority=0, last_used=30.0),
+        RunningModel("pinned", priority=0, pinned=True),
+    ]
+    assert choose_slot_victims("x", 2, models, 5).victims == ()  # a slot is free
+    first = choose_slot_victims("x", 2, models, 4)
+    assert isinstance(first, Eviction) and first.victims == ("cheap",)
+    assert "maxLoaded 4 for x" in first.causes["cheap"]
+    two = choose_slot_victims("x", 2, models, 3)
+    assert isinstance(two, Eviction) and two.victims == ("cheap", "old")
+    # a low-priority start evicts nothing of higher priority; pinned models never go
+    refused = choose_slot_victims("x", 0, models[:2] + models[3:], 2)
+    assert isinstance(refused, Unschedulable)
+    assert "pinned is pinned" in refused.reason and "higher priority" in refused.reason
