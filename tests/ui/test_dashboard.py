@@ -93,6 +93,9 @@ def test_dashboard_live(make_box: MakeBox, browser: Any) -> None:
     asker.start()
     _wait(driver, lambda d: _phase(d, "coder") == "Starting", "coder Starting")
     _wait(driver, lambda d: _phase(d, "coder") == "Ready", "coder Ready")
+    shown = time.time()
+    started = box.events("coder", ("Started",))[-1]["time"]
+    print(f"dashboard: Ready shown {1000 * (shown - started):.0f} ms after the Started event")
     asker.join(WAIT)
     assert answer["response"].status_code == 200, answer["response"].text
     assert driver.execute_script("return window.__same_page") == marker  # no reload happened
