@@ -717,7 +717,8 @@ def gpus(directory: FindOption = None, as_json: JsonOption = False) -> None:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
     if not data.get("gpus"):  # a CPU-only box: say so, rather than draw an empty table
-        why = "; ".join(data.get("messages", [])) or "NVML sees none"
+        messages = [m.removeprefix("no GPUs: ") for m in data.get("messages", [])]
+        why = "; ".join(messages) or "NVML sees none"
         out.print(f"no GPUs: {why}", markup=False)
         return
     out.print(views.gpu_table(data))

@@ -42,7 +42,7 @@ def pinned(manifests: ManifestDir) -> str:
 def test_validate_a_valid_directory(cli: Cli, manifests: ManifestDir, pinned: str) -> None:
     done = cli("validate", manifests.root)
     assert done.code == 0, done.output
-    assert f"{manifests.root}: valid (1 models, 1 engines, node default)" in done.stdout
+    assert f"{manifests.root}: valid (1 model, 1 engine, node default)" in done.stdout
     assert done.stderr == ""
 
 
@@ -73,7 +73,7 @@ def test_validate_prints_every_mistake_with_its_position(cli: Cli, manifests: Ma
         f"{manifests.path('sub/b.yml')}:11:9: Model/c: spec.vram: not a size: '6GX' "
         "(use a number with a unit: 512MiB, 6GiB, 24GB)",
     ]
-    assert lines[4] == f"4 error(s) in {manifests.root} (1 models, 0 engines valid)"
+    assert lines[4] == f"4 error(s) in {manifests.root} (1 model, 0 engines valid)"
     assert done.stdout == ""
 
 
