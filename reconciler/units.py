@@ -1,15 +1,21 @@
-"""Durations (``90s``, ``15m``, ``1h30m``, ``0``) and sizes (``512MiB``, ``6GiB``, ``24GB``).
+"""Durations (``90s``, ``15m``, ``1h30m``, ``0``), sizes (``512MiB``, ``6GiB``, ``24GB``) and
+listen addresses (``127.0.0.1:8400``, ``[::1]:8400``, ``:8400``).
 
-Pure parsing and formatting, shared by the manifest schema, the planner and every message that
-shows a number to a person.
+Pure parsing and formatting, shared by the manifest schema, the planner, the commands that bind a
+socket and every message that shows a number to a person.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+_HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*$")
+#: What an empty host means (``:8400``): every interface, as in Go, docker -p and Prometheus.
+ALL_INTERFACES = "0.0.0.0"
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -90,3 +96,45 @@ def format_size(size: float) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """(host, port) from ``HOST:PORT``: ``127.0.0.1:8400``, ``localhost:8400``, ``[::1]:8400``,
+    or ``:8400`` (every interface). The host comes back without brackets; ValueError says what
+    is wrong, in words a manifest error can show."""
+    example = "HOST:PORT, e.g. 127.0.0.1:8400, [::1]:8400 or :8400"
+    host, sep, port = listen.strip().rpartition(":")
+    if not sep:
+        raise ValueError(f"listen address {listen!r} is not {example}")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"listen address {listen!r}: the port must be a number from 1 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not _is_ip(host, version=6):
+            raise ValueError(f"listen address {listen!r}: {host!r} is not an IPv6 address")
+    elif ":" in host:
+        raise ValueError(
+            f"listen address {listen!r}: write an IPv6 address in brackets, [::1]:8400"
+        )
+    elif host and not (_is_ip(host) or _HOSTNAME.match(host)):
+        raise ValueError(f"listen address {listen!r}: {host!r} is not an IP address or host name")
+    return host or ALL_INTERFACES, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (``127.0.0.1``, ``::1``): reachable from
+    this machine only, so serving there without keys or tokens is safe."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _is_ip(text: str, version: int | None = None) -> bool:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return version is None or address.version == version

@@ -33,7 +33,7 @@ from reconciler.control.gpuplan import (
 from reconciler.manifests import manifest_set as manifest_sets
 from reconciler.manifests.loader import ManifestError
 from reconciler.manifests.schema import json_schema
-from reconciler.units import format_duration, format_size
+from reconciler.units import format_duration, format_size, parse_listen
 
 app = typer.Typer(
     name="modelplane",
@@ -282,6 +282,12 @@ def run(
     if log_format not in ("text", "json"):
         err.print("--log-format must be text or json", markup=False)
         raise typer.Exit(2)
+    try:
+        if listen is not None:  # (the Node's own listen address is checked when it loads)
+            parse_listen(listen)
+    except ValueError as exc:
+        err.print(f"--listen: {exc}", markup=False)
+        raise typer.Exit(2) from None
     code = run_loop(serve(directory, listen, log_format, allow_empty, grace))
     raise typer.Exit(code)
 

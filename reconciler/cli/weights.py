@@ -24,8 +24,8 @@ from rich.table import Table
 from reconciler.control.controller import Controller
 from reconciler.manifests import manifest_set as manifest_sets
 from reconciler.state import paths
+from reconciler.units import is_loopback, parse_listen
 from reconciler.weights import MirrorServer, Progress, TokenFileError, format_bytes, read_token_file
-from reconciler.weights.mirror import _is_loopback, parse_listen
 
 
 class DownloadBars:
@@ -139,7 +139,7 @@ def mirror_command(
         return 2
     if not cache.is_dir():
         err.print(f"note: {cache} does not exist yet: nothing to serve", markup=False)
-    if not _is_loopback(host) and not token:
+    if not is_loopback(host) and not token:
         err.print(
             f"warning: listening on {listen} without --token-file: anyone who can reach it"
             " can read every cached model",

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -19,7 +20,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from reconciler.units import parse_duration, parse_size
+from reconciler.units import parse_duration, parse_listen, parse_size
 
 API_VERSION = "modelplane/v1"
 
@@ -55,6 +56,25 @@ Name = Annotated[
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
         max_length=100,
         description="Letters, digits, '.', '_' and '-'; starts with a letter or digit.",
+    ),
+]
+
+
+def _listen_address(text: str) -> str:
+    """Kept as written; parsed here so that a bad address is a manifest error, not a crash later."""
+    parse_listen(text)
+    return text
+
+
+Listen = Annotated[
+    str,
+    AfterValidator(_listen_address),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]*):\d+$",
+            "description": "HOST:PORT: 127.0.0.1:8400, [::1]:8400, or :8400 (every interface).",
+        }
     ),
 ]
 Priority = Literal["urgent", "high", "normal", "low", "batch"]
@@ -192,7 +212,7 @@ class ProxySpec(Strict):
 
 class NodeSpec(Strict):
     runtime: RuntimeName = "process"
-    listen: str = Field("127.0.0.1:8400", pattern=r"^.+:\d+$")
+    listen: Listen = "127.0.0.1:8400"
     gpus: Literal["auto", "none"] | list[StaticGpu] = "auto"
     vram_reserve: Size = 512 * 2**20
     cache_dir: str | None = None

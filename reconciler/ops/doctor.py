@@ -24,6 +24,7 @@ from typing import Any, Literal
 import httpx
 
 from reconciler.gitops.worktree import git_info, why_not_git
+from reconciler.units import parse_listen
 
 Status = Literal["ok", "warn", "fail"]
 GiB = 1024**3
@@ -159,14 +160,6 @@ def check_disk(
 
 
 # --- listen address -----------------------------------------------------------------------------
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:8400"``, ``"[::1]:8400"``, ``":8400"`` → (host, port); ValueError if bad."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def check_listen(listen: str, *, timeout: float = 2.0) -> Check:
