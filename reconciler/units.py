@@ -18,6 +18,7 @@ _HOSTNAME = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63
 ALL_INTERFACES = "0.0.0.0"
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?B|B)?\s*$", re.IGNORECASE)
+KiB, MiB, GiB, TiB, PiB = 2**10, 2**20, 2**30, 2**40, 2**50
 _SIZE_UNITS = {
     "B": 1,
     "KB": 10**3,
@@ -25,11 +26,11 @@ _SIZE_UNITS = {
     "GB": 10**9,
     "TB": 10**12,
     "PB": 10**15,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-    "PIB": 2**50,
+    "KIB": KiB,
+    "MIB": MiB,
+    "GIB": GiB,
+    "TIB": TiB,
+    "PIB": PiB,
 }
 
 
@@ -89,10 +90,11 @@ def format_duration(seconds: float) -> str:
 
 
 def format_size(size: float) -> str:
-    """``512 B``, ``1.5 KiB``, ``14.2 GiB``: binary units with one decimal."""
+    """``512 B``, ``1.5 KiB``, ``14.2 GiB``: binary units with one decimal, for every size a
+    person reads (disk, downloads, VRAM, image pulls)."""
     value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024 or unit == "PiB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")

@@ -24,8 +24,8 @@ from rich.table import Table
 from reconciler.control.controller import Controller
 from reconciler.manifests import manifest_set as manifest_sets
 from reconciler.state import paths
-from reconciler.units import is_loopback, parse_listen
-from reconciler.weights import MirrorServer, Progress, TokenFileError, format_bytes, read_token_file
+from reconciler.units import format_size, is_loopback, parse_listen
+from reconciler.weights import MirrorServer, Progress, TokenFileError, read_token_file
 
 
 class DownloadBars:
@@ -109,9 +109,9 @@ async def gc_command(
     for c in plan.candidates:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.last_modified))
         refs = ", ".join(c.refs) or "-"
-        table.add_row(c.repo, c.commit[:12], refs, format_bytes(c.size), when)
+        table.add_row(c.repo, c.commit[:12], refs, format_size(c.size), when)
     out.print(table)
-    count, freed = len(plan.candidates), format_bytes(plan.reclaimable)
+    count, freed = len(plan.candidates), format_size(plan.reclaimable)
     if delete:
         out.print(f"deleted {count} unreferenced revision(s), freed {freed}")
     else:

@@ -23,9 +23,10 @@ from prometheus_client.registry import Collector
 from rich.table import Table
 
 from reconciler.manifests.schema import NodeSpec
+from reconciler.units import format_size
 
 from .placement import free_bytes
-from .types import Claim, GpuInfo, GpuProcess, fmt_size
+from .types import Claim, GpuInfo, GpuProcess
 
 # The environment that makes CUDA's device numbering match NVML's (and so the placement's).
 CUDA_ENV: Mapping[str, str] = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
@@ -223,6 +224,12 @@ def observed_usage(
 # --- renderers (pure) ----------------------------------------------------------------------------
 
 
+def _process_text(process: GpuProcess) -> str:
+    """``4242 llama-server (5.1 GiB)``; ``?`` where NVML cannot tell the memory."""
+    used = "?" if process.used is None else format_size(process.used)
+    return " ".join(filter(None, (str(process.pid), process.name, f"({used})")))
+
+
 def _claimed(claims: Sequence[Claim], index: int) -> list[Claim]:
     return sorted((c for c in claims if c.gpu == index), key=lambda c: c.model)
 
@@ -241,21 +248,19 @@ def gpu_table(inventory: Inventory, claims: Sequence[Claim] = (), reserve: int =
     for col in (*right[:1], "Name", "Used / total", *right[1:], "Processes", "Claims"):
         table.add_column(col, justify="right" if col in right else "left")
     for g in inventory.gpus:
-        used = "-" if g.used is None else fmt_size(g.used)
-        procs = ", ".join(
-            f"{p.pid} {p.name} ({'?' if p.used is None else fmt_size(p.used)})".replace("  ", " ")
-            for p in g.processes
-        )
+        used = "-" if g.used is None else format_size(g.used)
+        procs = ", ".join(_process_text(p) for p in g.processes)
         table.add_row(
             str(g.index),
             g.name or "-",
-            f"{used} / {fmt_size(g.total)}",
-            "-" if g.free is None else fmt_size(g.free),
-            fmt_size(free_bytes(g, claims, reserve)),
+            f"{used} / {format_size(g.total)}",
+            "-" if g.free is None else format_size(g.free),
+            format_size(free_bytes(g, claims, reserve)),
             "-" if g.utilization is None else f"{g.utilization}%",
             "-" if g.temperature is None else f"{g.temperature}°C",
             procs or "-",
-            ", ".join(f"{c.model} {fmt_size(c.bytes)}" for c in _claimed(claims, g.index)) or "-",
+            ", ".join(f"{c.model} {format_size(c.bytes)}" for c in _claimed(claims, g.index))
+            or "-",
         )
     return table
 

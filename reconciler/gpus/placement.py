@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 from proxy.gateway import PRIORITIES
+from reconciler.units import MiB, format_size
 
-from .types import Claim, GpuInfo, MiB, fmt_size
+from .types import Claim, GpuInfo
 from .vram import LLAMA_ENGINES, VLLM_ENGINES, Estimate, parse_engine_args
 
 GpuRequest = Literal["auto", "none"] | tuple[int, ...]
@@ -170,7 +171,7 @@ def _auto(
             leftover = _leftover(best, free)
             how = "best fit" if k == 1 else f"spread over {k} GPUs (no single GPU fits)"
             return Placement(
-                best.gpus, best.shares, best.args, f"{how}; leaves {fmt_size(leftover)}"
+                best.gpus, best.shares, best.args, f"{how}; leaves {format_size(leftover)}"
             )
     return Unschedulable(_explain(demand, gpus, free))
 
@@ -255,7 +256,7 @@ def _explain(demand: ModelDemand, gpus: Sequence[GpuInfo], free: dict[int, int])
                 f"{demand.name} cannot be split over GPU {_join([g.index for g in gpus])} as asked"
             )
         short = [
-            f"needs {fmt_size(s)} on GPU {g.index}, {fmt_size(free[g.index])} free"
+            f"needs {format_size(s)} on GPU {g.index}, {format_size(free[g.index])} free"
             for g, s in zip(gpus, shares, strict=True)
             if s > free[g.index]
         ]
@@ -263,10 +264,10 @@ def _explain(demand: ModelDemand, gpus: Sequence[GpuInfo], free: dict[int, int])
     need = (
         f"{demand.fraction:g} of a GPU's total on each GPU"
         if demand.fraction is not None
-        else fmt_size(demand.bytes)
+        else format_size(demand.bytes)
     )
-    frees = ", ".join(f"GPU {g.index} {fmt_size(free[g.index])}" for g in gpus)
-    total = fmt_size(sum(free[g.index] for g in gpus))
+    frees = ", ".join(f"GPU {g.index} {format_size(free[g.index])}" for g in gpus)
+    total = format_size(sum(free[g.index] for g in gpus))
     how = "" if demand.engine in LLAMA_ENGINES | VLLM_ENGINES else " (not spread: unknown engine)"
     return f"{demand.name} needs {need}{how}; free: {frees} (together {total})"
 

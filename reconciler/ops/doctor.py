@@ -24,10 +24,9 @@ from typing import Any, Literal
 import httpx
 
 from reconciler.gitops.worktree import git_info, why_not_git
-from reconciler.units import parse_listen
+from reconciler.units import GiB, format_size, parse_listen
 
 Status = Literal["ok", "warn", "fail"]
-GiB = 1024**3
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 HF_FIX = "set HF_ENDPOINT to a reachable mirror, or HF_HUB_OFFLINE=1 to use cached weights only"
 
@@ -113,7 +112,7 @@ def check_nvml(*, required: bool = False) -> Check:
         for i in range(count):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total
-            gpus.append(f"{i}: {pynvml.nvmlDeviceGetName(handle)} {memory / GiB:.0f} GiB")
+            gpus.append(f"{i}: {pynvml.nvmlDeviceGetName(handle)} {format_size(memory)}")
     except pynvml.NVMLError as exc:
         return Check("gpu", bad, f"NVML error: {exc}", fix)
     finally:
@@ -147,7 +146,7 @@ def check_disk(
             f"create it and give it to the service user: mkdir -p {path} && chown <user> {path}",
         )
     usage = shutil.disk_usage(existing)
-    detail = f"{usage.free / GiB:.1f} GiB free of {usage.total / GiB:.0f} GiB at {path}"
+    detail = f"{format_size(usage.free)} free of {format_size(usage.total)} at {path}"
     fix = (
         "free space, or point Node spec.cacheDir at a bigger disk; "
         "`modelplane gc` removes unused weights"

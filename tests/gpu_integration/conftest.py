@@ -19,8 +19,6 @@ from reconciler.gpus.inventory import read_nvml
 from tests.helpers.cli import CliResult, run_cli
 from tests.helpers.manifests import ManifestDir, doc, kill_recorded_backends
 
-GiB = 1024**3
-
 if read_nvml().error is None:
     pytest.skip(
         "NVML answers here: the static two-GPU inventory these tests assume would be "

@@ -22,7 +22,8 @@ from reconciler.gpus.inventory import (
     read_inventory,
     read_nvml,
 )
-from reconciler.gpus.types import Claim, GiB, GpuInfo, GpuProcess
+from reconciler.gpus.types import Claim, GpuInfo, GpuProcess
+from reconciler.units import GiB
 
 
 def _nvml_works() -> bool:

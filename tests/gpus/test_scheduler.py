@@ -7,9 +7,10 @@ from dataclasses import replace
 
 from reconciler.gpus.inventory import Inventory
 from reconciler.gpus.scheduler import holders, instance_claims, pins_problem, schedule
-from reconciler.gpus.types import Claim, GiB, GpuInfo
+from reconciler.gpus.types import Claim, GpuInfo
 from reconciler.gpus.vram import Estimate
 from reconciler.planning.planner import Action, Activity
+from reconciler.units import GiB
 from tests.foundation.planning import desired, desired_model, instance
 
 GPUS = (GpuInfo(0, 10 * GiB, source="static"), GpuInfo(1, 10 * GiB, source="static"))
@@ -107,6 +108,6 @@ def test_pins_problem_counts_only_pinned_models_it_can_estimate() -> None:
         "lazy": gib(20),
     }
     assert pins_problem(models, GPUS, 0, estimates) == (
-        "pinned models need 21.0 GiB, GPUs have 20.0 GiB (after 0 MiB reserve per GPU): p1, p2"
+        "pinned models need 21.0 GiB, GPUs have 20.0 GiB (after 0 B reserve per GPU): p1, p2"
     )
     assert pins_problem(models, GPUS, 0, {**estimates, "p2": gib(8)}) is None

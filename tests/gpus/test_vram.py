@@ -10,7 +10,6 @@ from pathlib import Path
 import gguf
 import pytest
 
-from reconciler.gpus.types import GiB, MiB
 from reconciler.gpus.vram import (
     COMPUTE_ALLOWANCE,
     CONTEXT_CAP,
@@ -21,6 +20,7 @@ from reconciler.gpus.vram import (
     estimate,
     parse_engine_args,
 )
+from reconciler.units import GiB, MiB
 
 TOOL = Path("/work/shared/tools/make_test_gguf.py")
 SHAPE = {"embd": 256, "layers": 4, "ff": 688, "heads": 8, "kv_heads": 2, "ctx": 4096}

@@ -30,6 +30,7 @@ from reconciler.ops.doctor import (
     render,
     run_doctor,
 )
+from reconciler.units import format_size
 from tests.ops.gitrepo import git
 
 
@@ -133,8 +134,10 @@ def test_nvml_matches_the_machine() -> None:
 def test_disk_space_thresholds(tmp_path: Path) -> None:
     cache = tmp_path / "hf" / "not-yet"
     ok = check_disk(cache, warn_below=1, fail_below=0)
-    assert ok.status == "ok" and ok.detail.endswith(f"at {cache}") and "GiB free" in ok.detail
-    total = shutil.disk_usage(tmp_path).total
+    usage = shutil.disk_usage(tmp_path)
+    figures = f"{format_size(usage.free)} free of {format_size(usage.total)}"
+    assert ok.status == "ok" and ok.detail == f"{figures} at {cache}"
+    total = usage.total
     warn = check_disk(tmp_path, warn_below=total + 1, fail_below=0)
     assert warn.status == "warn" and "modelplane gc" in warn.fix
     assert check_disk(tmp_path, fail_below=total + 1).status == "fail"
