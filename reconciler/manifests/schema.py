@@ -20,6 +20,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from proxy.gateway import Priority
 from reconciler.units import parse_duration, parse_listen, parse_size
 
 API_VERSION = "modelplane/v1"
@@ -77,7 +78,6 @@ Listen = Annotated[
         }
     ),
 ]
-Priority = Literal["urgent", "high", "normal", "low", "batch"]
 RuntimeName = Literal["process", "docker"]
 ImagePull = Literal["IfNotPresent", "Always", "Never"]
 NotifyEvent = Literal["Failed", "Unschedulable", "Recovered", "Applied"]

@@ -112,9 +112,7 @@ def test_apply_spreads_evicts_and_reports_pins_that_cannot_fit(
         model_doc("c", vram="4GiB", pin=True),
         model_doc("d", vram="1GiB", pin=True),
     )
-    pins = (
-        "pinned models need 21.0 GiB, GPUs have 20.0 GiB (after 0 B reserve per GPU): c, d, s, w"
-    )
+    pins = "pinned models need 21.0 GiB, GPUs have 20.0 GiB (after 0 B reserve per GPU): c, d, s, w"
     validated = cli("validate", manifests.root)
     assert validated.code == 1
     assert f"{manifests.path('node.yaml')}:1:1: Node/box: {pins}" in validated.stderr
