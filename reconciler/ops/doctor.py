@@ -271,7 +271,8 @@ def check_hf_endpoint(endpoint: str | None = None, *, timeout: float = 3.0) -> C
     url = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
     start = time.monotonic()
     try:
-        response = httpx.head(url + "/", timeout=timeout, follow_redirects=True)
+        # trust_env: the environment's proxy is how huggingface_hub reaches the hub too
+        response = httpx.head(url + "/", timeout=timeout, follow_redirects=True, trust_env=True)
     except httpx.HTTPError as exc:
         reason = _short(str(exc)) or type(exc).__name__
         return Check("huggingface", "warn", f"{url} not reachable: {reason}", HF_FIX)
