@@ -168,8 +168,12 @@ class EngineSpec(Strict):
 
 
 class StaticGpu(Strict):
+    """One entry of a static ``Node.spec.gpus`` list: a GPU modelplane may use. With NVML the
+    list restricts the GPUs to these indices and ``memory`` caps one; without NVML it is the
+    inventory, and then ``memory`` is how much the GPU has."""
+
     index: int = Field(ge=0)
-    memory: Size
+    memory: Size | None = None
     name: str | None = None
 
 
