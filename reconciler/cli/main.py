@@ -236,7 +236,7 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
     for outcome in result.outcomes:
         if outcome.ok:
             where = f" → {outcome.instance.endpoint}" if outcome.instance else ""
-            gpus = (outcome.action.placement or (None, ()))[0]
+            gpus = outcome.action.placement.gpus if outcome.action.placement else ()
             on = f" on GPU {','.join(map(str, gpus))}" if gpus else ""
             out.print(f"ok    {outcome.action}{on}{where}", markup=False)
         else:

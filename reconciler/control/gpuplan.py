@@ -214,7 +214,7 @@ def placement_text(action: Action, state: GpuState) -> str:
         return f"after evictions: {sched.waiting[action.model]}"
     if action.placement is None or not state.inventory.gpus:
         return ""
-    gpus, args = action.placement
+    gpus, args = action.placement.gpus, action.placement.args
     where = f"GPU {','.join(map(str, gpus))}" if gpus else "no GPU"
     why = sched.placed.get(action.model, "")
     extra = f" {' '.join(args)}" if args else ""
@@ -226,9 +226,9 @@ def schedule_json(state: GpuState) -> dict[str, Any]:
     placements = {}
     for action in state.schedule.actions:
         if action.kind in STARTS and action.placement is not None:
-            gpus, args = action.placement
+            gpus, args = action.placement.gpus, action.placement.args
             placements[action.model] = {
-                "gpus": list(gpus) if gpus is not None else None,
+                "gpus": list(gpus) or None,
                 "args": list(args),
                 "claims": [
                     {"gpu": c.gpu, "bytes": c.bytes}

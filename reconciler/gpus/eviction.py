@@ -26,9 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from proxy.gateway import PRIORITIES
+from reconciler.planning.planner import Placement
 from reconciler.units import format_size
 
-from .placement import ModelDemand, Placement, Unschedulable, place
+from .placement import ModelDemand, Unschedulable, claims_of, place
 from .types import Claim, GpuInfo
 
 SEARCH_LIMIT = 5000
@@ -240,7 +241,7 @@ def pins_fit(
             return (
                 f"pinned models do not all fit together: {result.reason} (after placing {before})"
             )
-        claims += result.claims(d.name)
+        claims += claims_of(result, d.name)
     return None
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from proxy.gateway import PRIORITIES
+from reconciler.planning.planner import Placement
 from reconciler.units import MiB, format_size
 
 from .types import Claim, GpuInfo
@@ -75,34 +76,15 @@ class ModelDemand:
 
 
 @dataclass(frozen=True)
-class Placement:
-    """The GPUs a model goes on, what it claims on each, and the engine args that say so.
-
-    The runtime sets ``CUDA_VISIBLE_DEVICES`` to :attr:`cuda_visible_devices` (with
-    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``), so inside the backend the GPUs are 0..n-1 in this
-    order, which is the order ``--tensor-split`` lists them in. ``args`` are appended to the
-    engine's arguments.
-    """
-
-    gpus: tuple[int, ...]
-    shares: tuple[int, ...]
-    args: tuple[str, ...] = ()
-    reason: str = ""
-
-    def claims(self, model: str) -> tuple[Claim, ...]:
-        return tuple(Claim(model, g, b) for g, b in zip(self.gpus, self.shares, strict=True))
-
-    @property
-    def cuda_visible_devices(self) -> str:
-        """``"0,2"``; ``""`` for no GPU, which hides every GPU from a CUDA build."""
-        return ",".join(map(str, self.gpus))
-
-
-@dataclass(frozen=True)
 class Unschedulable:
     """No room now; ``reason`` carries the numbers (``needs 12.0 GiB on GPU 1, 3.2 GiB free``)."""
 
     reason: str
+
+
+def claims_of(placement: Placement, model: str) -> tuple[Claim, ...]:
+    """What ``model`` holds on each GPU once placed there."""
+    return tuple(Claim(model, g, b) for g, b in zip(placement.gpus, placement.shares, strict=True))
 
 
 def free_bytes(gpu: GpuInfo, claims: Iterable[Claim], reserve: int = 0) -> int:

@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 from proxy.gateway import PRIORITIES
 from reconciler.gpus import eviction
 from reconciler.gpus.eviction import Eviction, RunningModel, choose_victims, pins_fit
-from reconciler.gpus.placement import ModelDemand, Placement, Unschedulable, place
+from reconciler.gpus.placement import ModelDemand, Unschedulable, place
 from reconciler.gpus.types import Claim, GpuInfo
+from reconciler.planning.planner import Placement
 from reconciler.units import GiB
 
 LOW, NORMAL, HIGH = PRIORITIES["low"], PRIORITIES["normal"], PRIORITIES["high"]
