@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -21,6 +22,7 @@ from .conftest import (
     FAKEBACKEND,
     ManifestDir,
     fake_engine_doc,
+    fake_launch_spec,
     group_alive,
     model_doc,
     pid_alive,
@@ -36,28 +38,16 @@ def launch(
     startup_timeout: float = 30.0,
     command: tuple[str, ...] | None = None,
 ) -> LaunchSpec:
-    argv = command or (
-        "{python}",
-        str(FAKEBACKEND),
-        "--host",
-        "{host}",
-        "--port",
-        "{port}",
-        "--model-name",
+    """The fake backend for ``model`` (``command`` replaces it), marked through its env."""
+    spec = fake_launch_spec(
         model,
         *extra,
-    )
-    return LaunchSpec(
-        model=model,
-        spec_hash="abcdef012345",
-        spec={"args": list(extra)},
-        command=argv,
         env={"FAKE_MARK": "from-launch-spec"},
         gpus=gpus,
-        health_path="/health",
         startup_timeout=startup_timeout,
         generation=3,
     )
+    return replace(spec, command=command) if command else spec
 
 
 @pytest.fixture
