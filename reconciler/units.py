@@ -102,14 +102,14 @@ def format_size(size: float) -> str:
 
 def parse_listen(listen: str) -> tuple[str, int]:
     """(host, port) from ``HOST:PORT``: ``127.0.0.1:8400``, ``localhost:8400``, ``[::1]:8400``,
-    or ``:8400`` (every interface). The host comes back without brackets; ValueError says what
-    is wrong, in words a manifest error can show."""
+    or ``:8400`` (every interface); port 0 lets the system pick one. The host comes back without
+    brackets; ValueError says what is wrong, in words a manifest error can show."""
     example = "HOST:PORT, e.g. 127.0.0.1:8400, [::1]:8400 or :8400"
     host, sep, port = listen.strip().rpartition(":")
     if not sep:
         raise ValueError(f"listen address {listen!r} is not {example}")
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"listen address {listen!r}: the port must be a number from 1 to 65535")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"listen address {listen!r}: the port must be a number from 0 to 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         if not _is_ip(host, version=6):

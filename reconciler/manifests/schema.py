@@ -62,8 +62,10 @@ Name = Annotated[
 
 
 def _listen_address(text: str) -> str:
-    """Kept as written; parsed here so that a bad address is a manifest error, not a crash later."""
-    parse_listen(text)
+    """Kept as written; parsed here so that a bad address is a manifest error, not a crash later.
+    Port 0 (any free port) is refused: clients and the CLI find the proxy at this address."""
+    if parse_listen(text)[1] == 0:
+        raise ValueError(f"listen address {text!r}: the proxy needs a fixed port, not 0")
     return text
 
 

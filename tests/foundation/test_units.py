@@ -96,6 +96,7 @@ def test_format_size() -> None:
         (":8400", ("0.0.0.0", 8400)),  # every interface
         ("localhost:8400", ("localhost", 8400)),
         ("gpu-box-1.lan:80", ("gpu-box-1.lan", 80)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),  # the system picks a port (modelplane mirror)
     ],
 )
 def test_parse_listen(text: str, address: tuple[str, int]) -> None:
@@ -107,9 +108,8 @@ def test_parse_listen(text: str, address: tuple[str, int]) -> None:
     [
         ("8400", "is not HOST:PORT"),
         ("localhost", "is not HOST:PORT"),
-        ("127.0.0.1:99999", "the port must be a number from 1 to 65535"),
-        ("127.0.0.1:0", "the port must be a number from 1 to 65535"),
-        ("127.0.0.1:http", "the port must be a number from 1 to 65535"),
+        ("127.0.0.1:99999", "the port must be a number from 0 to 65535"),
+        ("127.0.0.1:http", "the port must be a number from 0 to 65535"),
         ("::1:8400", "in brackets, [::1]:8400"),
         ("[localhost]:8400", "'localhost' is not an IPv6 address"),
         ("my box:8400", "'my box' is not an IP address or host name"),
@@ -131,5 +131,8 @@ def test_a_bad_node_listen_is_a_manifest_error(tmp_path: Path) -> None:
     (error,) = load(tmp_path).errors
     assert (error.line, error.kind, error.name) == (4, "Node", "box")
     assert "spec.listen: listen address '::1:8400': write an IPv6 address in brackets" in str(error)
+    manifests.write("node.yaml", doc("Node", "box", {"listen": "127.0.0.1:0"}))
+    (error,) = load(tmp_path).errors
+    assert "spec.listen: listen address '127.0.0.1:0': the proxy needs a fixed port" in str(error)
     manifests.write("node.yaml", doc("Node", "box", {"listen": "[::1]:9000"}))
     assert load(tmp_path).node.listen == "[::1]:9000"

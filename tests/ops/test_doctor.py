@@ -182,7 +182,7 @@ def test_listen_bad_addresses() -> None:
     foreign = check_listen("192.0.2.1:8400")  # TEST-NET-1: never an address of this host
     assert foreign.status == "fail" and foreign.detail.startswith("cannot bind 192.0.2.1:8400")
     bad_port = check_listen("127.0.0.1:99999")
-    assert bad_port.status == "fail" and "from 1 to 65535" in bad_port.detail
+    assert bad_port.status == "fail" and "from 0 to 65535" in bad_port.detail
 
 
 # --- git ---
