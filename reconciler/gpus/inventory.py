@@ -20,10 +20,8 @@ from typing import Any, Literal
 import pynvml
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from rich.table import Table
 
 from reconciler.manifests.schema import NodeSpec, StaticGpu
-from reconciler.units import format_size
 
 from .placement import free_bytes
 from .types import Claim, GpuInfo, GpuProcess
@@ -216,45 +214,8 @@ def observed_usage(
 # --- renderers (pure) ----------------------------------------------------------------------------
 
 
-def _process_text(process: GpuProcess) -> str:
-    """``4242 llama-server (5.1 GiB)``; ``?`` where NVML cannot tell the memory."""
-    used = "?" if process.used is None else format_size(process.used)
-    return " ".join(filter(None, (str(process.pid), process.name, f"({used})")))
-
-
 def _claimed(claims: Sequence[Claim], index: int) -> list[Claim]:
     return sorted((c for c in claims if c.gpu == index), key=lambda c: c.model)
-
-
-def gpu_table(inventory: Inventory, claims: Sequence[Claim] = (), reserve: int = 0) -> Table:
-    """The ``modelplane gpus`` table; the caption carries the inventory's messages.
-
-    "Available" is what placement would see: :func:`~reconciler.placement.free_bytes`.
-    """
-    src = {"nvml": "NVML", "static": "Node manifest", "nvml+static": "NVML + Node manifest"}
-    title = f"GPUs ({src.get(inventory.source, 'none')})"
-    if inventory.driver:
-        title += f", driver {inventory.driver}"
-    table = Table(title=title, caption=inventory.message)
-    right = ("GPU", "Free", "Available", "Util", "Temp")
-    for col in (*right[:1], "Name", "Used / total", *right[1:], "Processes", "Claims"):
-        table.add_column(col, justify="right" if col in right else "left")
-    for g in inventory.gpus:
-        used = "-" if g.used is None else format_size(g.used)
-        procs = ", ".join(_process_text(p) for p in g.processes)
-        table.add_row(
-            str(g.index),
-            g.name or "-",
-            f"{used} / {format_size(g.total)}",
-            "-" if g.free is None else format_size(g.free),
-            format_size(free_bytes(g, claims, reserve)),
-            "-" if g.utilization is None else f"{g.utilization}%",
-            "-" if g.temperature is None else f"{g.temperature}°C",
-            procs or "-",
-            ", ".join(f"{c.model} {format_size(c.bytes)}" for c in _claimed(claims, g.index))
-            or "-",
-        )
-    return table
 
 
 def gpu_metric_families(
@@ -307,14 +268,22 @@ class GpuCollector(Collector):
         yield from gpu_metric_families(*self._snapshot())
 
 
-def inventory_json(inventory: Inventory, claims: Sequence[Claim] = ()) -> dict[str, Any]:
-    """The ``gpus`` part of ``/api/status`` and ``status --json``."""
+def inventory_json(
+    inventory: Inventory, claims: Sequence[Claim] = (), reserve: int = 0
+) -> dict[str, Any]:
+    """The ``gpus`` part of ``/api/status`` and ``status --json``: each GPU with the claims on it
+    and ``available``, what placement would see (:func:`~reconciler.gpus.placement.free_bytes`)."""
     return {
         "source": inventory.source,
         "driver": inventory.driver,
         "messages": list(inventory.messages),
+        "reserve": reserve,
         "gpus": [
-            {**asdict(g), "claims": [asdict(c) for c in _claimed(claims, g.index)]}
+            {
+                **asdict(g),
+                "available": free_bytes(g, claims, reserve),
+                "claims": [asdict(c) for c in _claimed(claims, g.index)],
+            }
             for g in inventory.gpus
         ],
     }
