@@ -18,17 +18,17 @@ def _when(timestamp: float) -> str:
 
 
 def applied_line(generation: Generation | None) -> str:
-    """``applied 1a2b3c4d5e6f (add qwen) at 2025-01-01 12:00:00`` for the generation in force."""
+    """``applied 1a2b3c4d5e6f (add qwen) at 2025-01-01 12:00:00`` for the generation in force
+    (``…, with uncommitted changes`` when the work tree was dirty)."""
     if generation is None:
         return "nothing applied yet"
     when = _when(generation.time)
     if not generation.git_commit:
         return f"applied generation {generation.id} at {when} (manifests not in a git repository)"
     subject = generation.summary.get("git", {}).get("subject", "")
-    text = f"applied {generation.git_commit[:12]} ({subject})"
-    if generation.git_dirty:
-        text += " + uncommitted changes"
-    return f"{text} at {when}"
+    text = f"applied {generation.git_commit[:12]} ({subject}) at {when}"
+    # the time stays next to "at"; the dirty state follows it, set apart
+    return text + (", with uncommitted changes" if generation.git_dirty else "")
 
 
 def applied(generation: Generation | None) -> dict[str, Any] | None:

@@ -46,11 +46,17 @@ def test_cli_apply_records_commits_and_dirty_state_and_history_shows_changes(
     assert cli(state, "apply", manifests.root).returncode == 0
     body = status_json(state, manifests)
     assert body["applied"]["commit"] == sha1 and body["applied"]["dirty"] is True
-    assert body["applied"]["text"].startswith(f"applied {sha1[:12]} (add a) + uncommitted changes")
+    assert re.fullmatch(
+        rf"applied {sha1[:12]} \(add a\) at [\d-]+ [\d:]+, with uncommitted changes",
+        body["applied"]["text"],
+    )
     (warning,) = body["warnings"]
     assert "uncommitted changes" in warning and "manifests/b.yaml" in warning
     table = cli(state, "status", "--dir", manifests.root)
     assert "warning: uncommitted changes" in table.stderr and "manifests/b.yaml" in table.stderr
+    # the time and the warning each stay on their own line
+    assert re.search(r" at [\d-]+ [\d:]+, with uncommitted changes$", table.stdout, re.M)
+    assert re.search(r"^warning: uncommitted changes", table.stderr, re.M)
 
     # committing it is a new generation (same documents, now from a commit)
     sha2 = commit(repo, "add b")

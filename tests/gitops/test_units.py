@@ -97,7 +97,8 @@ def test_applied_line_and_warning() -> None:
     assert applied_line(None) == "nothing applied yet"
     assert applied_line(generation()).startswith("applied 0123456789ab (add qwen) at ")
     dirty = applied_line(generation(git_dirty=True))
-    assert dirty.startswith("applied 0123456789ab (add qwen) + uncommitted changes at ")
+    assert dirty.startswith("applied 0123456789ab (add qwen) at ")
+    assert dirty.endswith(", with uncommitted changes")
     assert "not in a git repository" in applied_line(generation(git_commit=None))
     body = applied(generation())
     assert body is not None and body["subject"] == "add qwen" and body["pulled"] is False
