@@ -212,10 +212,16 @@ def test_run_logs_actions_and_what_it_leaves_running(make_box: MakeBox) -> None:
     svc = box.start()
     svc.wait_phase("m", "Ready")
     wait_until(lambda: re.search(r"Started m: m ready on \S+ in [\d.]+s", svc.log_text()))
+    assert _ask(box, "m").status_code == 200
     assert svc.stop(signal.SIGINT) == 0
     log = svc.log_text()
     assert "1 backend(s) left running for adoption (m); `modelplane down` stops them" in log, log
     assert "Traceback" not in log
+    # No service now: the commands read the database and the runtimes.
+    requests = _cli(box, "requests", "--dir", str(box.manifests.root))
+    assert requests.code == 0 and " m " in requests.stdout and " 200 " in requests.stdout
+    ps = _cli(box, "ps", "--dir", str(box.manifests.root))
+    assert ps.code == 0 and "Forever (pinned)" in ps.stdout, ps.output
 
 
 def test_validate_counts_and_doctor_engines(tmp_path: Path) -> None:
