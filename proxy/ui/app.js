@@ -160,6 +160,10 @@ function modelCells(model, now) {
   if (model.sync && model.sync !== "Synced") {
     tags.push(`<span class="tag ${model.sync === "Stale" ? "stale" : ""}">${esc(model.sync)}</span>`);
   }
+  for (const alias of model.aliases || []) tags.push(`<span class="tag" title="alias">${esc(alias)}</span>`);
+  if (model.priority && model.priority !== "normal") {
+    tags.push(`<span class="tag" title="priority">${esc(model.priority)}</span>`);
+  }
   if (model.runtime) tags.push(`<span class="tag">${esc(model.runtime)}</span>`);
   if (model.quantization) tags.push(`<span class="tag">${esc(model.quantization)}</span>`);
   // the manifest in force: its file name and position (the whole path on hover)

@@ -53,6 +53,8 @@ class ModelView:
     size: int | None = None  # bytes of the model's files
     quantization: str | None = None  # from the GGUF header
     download: dict[str, int] | None = None  # under way: {"done": bytes, "total": bytes}
+    aliases: tuple[str, ...] = ()  # other names clients may send as "model"
+    priority: str = ""  # urgent | high | normal | low | batch
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,8 @@ class ModelView:
             "size": self.size,
             "quantization": self.quantization,
             "download": self.download,
+            "aliases": list(self.aliases),
+            "priority": self.priority,
         }
 
 
@@ -195,6 +199,8 @@ def take_snapshot(
                 size=info.size,
                 quantization=info.quantization,
                 download=download,
+                aliases=tuple(model.spec.aliases) if model else (),
+                priority=model.spec.priority if model else "",
             )
         )
     claims_list: list[Claim] = [c for cs in engine.claims.values() for c in cs]

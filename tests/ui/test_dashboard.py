@@ -71,6 +71,8 @@ def test_dashboard_live(make_box: MakeBox, browser: Any) -> None:
     _wait(driver, lambda d: _phase(d, "chat") == "Ready", "chat Ready")
     assert _phase(driver, "coder") == "Asleep" and _phase(driver, "embed") == "Asleep"
     assert "pinned" in _row_text(driver, "chat", "model")
+    assert "gpt-4o-mini" in _row_text(driver, "chat", "model")  # its alias
+    assert "batch" in _row_text(driver, "embed", "model")  # a priority other than normal
     assert _row_text(driver, "chat", "gpu") == "0"
     assert _row_text(driver, "chat", "vram") == "6 GiB"
     assert "never (pinned)" in _row_text(driver, "chat", "until")
@@ -156,6 +158,40 @@ def _has_position(text: str, file: str) -> bool:
     import re
 
     return re.search(re.escape(file) + r":\d+:\d+", text) is not None
+
+
+def test_dashboard_asks_for_the_admin_key(make_box: MakeBox, browser: Any) -> None:
+    """A Node with apiKeys: the page asks for the key, then shows the models; a wrong key is
+    asked for again."""
+    from selenium.webdriver.common.by import By
+
+    from tests.service.conftest import hash_key
+
+    key = "sk-dashboard-admin"
+    box = make_box(
+        {
+            "node.yaml": node_doc(apiKeys=[{"name": "admin", "sha256": hash_key(key)}]),
+            "engine.yaml": fake_engine_doc("fake"),
+            "m.yaml": model_doc("m", pin=True),
+        },
+        api_key=key,
+    )
+    svc = box.start()
+    svc.wait_phase("m", "Ready")
+    driver = browser
+    driver.get(svc.url + "/ui/")
+    dialog = _wait(driver, lambda d: d.find_element(By.ID, "key-dialog"), "the key dialog")
+    _wait(driver, lambda d: dialog.get_attribute("open") is not None, "the dialog open")
+    assert not driver.find_elements(By.CSS_SELECTOR, 'tr[data-model="m"]')  # nothing without it
+    field = driver.find_element(By.ID, "key-input")
+    field.send_keys("sk-wrong")
+    driver.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    _wait(driver, lambda d: dialog.get_attribute("open") is not None, "asked again")
+    field.clear()
+    field.send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#key-form button").click()
+    _wait(driver, lambda d: _phase(d, "m") == "Ready", "m Ready with the key")
+    _wait(driver, lambda d: d.find_element(By.ID, "live-text").text == "live", "events live")
 
 
 def test_dashboard_files_are_served_without_a_key_and_data_needs_one(make_box: MakeBox) -> None:
