@@ -117,6 +117,11 @@ class Gateway(Protocol):
         """That request finished; the model's idle clock starts now."""
         ...
 
+    def stay_warm(self, model: str, seconds: float) -> None:
+        """A request asked (``x_stay_warm``) for ``model`` to stay loaded ``seconds`` after it
+        ended; the gateway caps it (``Node.proxy.maxStayWarm``)."""
+        ...
+
     def backend_failed(self, model: str, reason: str) -> None:
         """The backend broke during a request (connection refused, died mid-stream)."""
         ...

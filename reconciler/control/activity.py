@@ -22,6 +22,12 @@ class ActivityTracker:
         # overrides, so there is one list of them.
         self.holds: Callable[[], Collection[str]] = frozenset
         self.dirty: set[str] = set()  # last_used values not yet written to the database
+        self.warm_until: dict[str, float] = {}  # x_stay_warm: kept loaded until then
+
+    def keep_warm(self, model: str, until: float) -> None:
+        """A request asked (``x_stay_warm``) for ``model`` to stay loaded until ``until``; a
+        later wish never shortens an earlier one."""
+        self.warm_until[model] = max(until, self.warm_until.get(model, 0.0))
 
     @property
     def held(self) -> Collection[str]:
@@ -58,6 +64,7 @@ class ActivityTracker:
                 last_used=self.last_used.get(name),
                 wanted=name in self.wanted,
                 held=name in held,
+                warm_until=self.warm_until.get(name),
             )
             for name in names
         }

@@ -806,7 +806,7 @@ class Engine:
             return None
         started = next((i.started_at for i in self.actual if i.model == name), None)
         last = self.activity.last_used.get(name) or started or self.last_pass_at
-        return last + model.spec.stay_warm
+        return max(last + model.spec.stay_warm, self.activity.warm_until.get(name, 0.0))
 
     @property
     def waiting_for_room(self) -> bool:

@@ -247,6 +247,17 @@ class Service:
             elif wanted is not None and not wanted.pinned:
                 self.loop.rearm(time.time() + wanted.spec.stay_warm)  # idle from now
 
+    def stay_warm(self, model: str, seconds: float) -> None:
+        """``x_stay_warm``: keep ``model`` loaded ``seconds`` from now (capped by
+        ``Node.proxy.maxStayWarm``), however short its stayWarm."""
+        desired = self.engine.desired
+        wanted = desired.models.get(model) if desired else None
+        if wanted is None or desired is None or seconds <= 0:
+            return
+        until = time.time() + min(seconds, desired.node.proxy.max_stay_warm)
+        self.activity.keep_warm(model, until)
+        self.loop.rearm(until)
+
     def backend_failed(self, model: str, reason: str) -> None:
         log.warning("backend failed: %s: %s", model, reason)
         self.engine.backend_failed(model, reason)

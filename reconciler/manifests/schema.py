@@ -209,6 +209,11 @@ class ProxySpec(Strict):
         300.0, description="Longest wait for a slot or for room on the GPUs; then 503."
     )
     loading_comment_interval: Duration = 5.0
+    max_stay_warm: Duration = Field(
+        3600.0,
+        description="The longest a request's x_stay_warm may keep its model loaded after it "
+        "(Model Boss clients); 0 ignores x_stay_warm.",
+    )
     access_log: bool = Field(
         False,
         description="One log line per request. Off by default: on a small box it costs about a "

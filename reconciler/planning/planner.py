@@ -76,6 +76,7 @@ class Activity:
     last_used: float | None = None  # end of the last request
     wanted: bool = False  # a request (or a manual load) asks for it to run
     held: bool = False  # loaded by hand: kept running like a pinned model (a manual override)
+    warm_until: float | None = None  # a request's x_stay_warm: not unloaded before this time
 
 
 class PruneRefused(Exception):
@@ -138,7 +139,8 @@ def _plan_model(
     if not must_run:
         idle_since = use.last_used if use.last_used is not None else current.started_at
         idle = now - idle_since
-        if idle >= model.spec.stay_warm:
+        asked = use.warm_until is not None and now < use.warm_until  # x_stay_warm
+        if idle >= model.spec.stay_warm and not asked:
             return Action(
                 "unload",
                 model.name,

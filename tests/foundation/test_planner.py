@@ -178,6 +178,17 @@ def test_no_unload_within_stay_warm() -> None:
     assert plan(desired(m), [instance(m, started_at=NOW - 3600)], NOW, use) == []
 
 
+def test_x_stay_warm_keeps_a_model_past_its_stay_warm_until_then() -> None:
+    m = desired_model("m", stay_warm="0")
+    running = [instance(m, started_at=NOW - 3600)]
+    asked = {"m": Activity(last_used=NOW - 60, warm_until=NOW + 60)}
+    assert plan(desired(m), running, NOW, asked) == []
+    over = {"m": Activity(last_used=NOW - 60, warm_until=NOW - 1)}
+    assert plan_strs(desired(m), running, NOW, over) == [
+        "unload m (stayWarm 0: unloaded right after use)"
+    ]
+
+
 def test_no_unload_with_requests_in_flight() -> None:
     m = desired_model("m", stay_warm="0")
     use = {"m": Activity(in_flight=1, last_used=NOW - 3600)}
