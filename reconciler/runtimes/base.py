@@ -45,6 +45,8 @@ class Instance:
     gpus: tuple[int, ...] = ()
     started_at: float = 0.0
     exit_reason: str | None = None  # for state == "exited": exit code / signal and log tail
+    node: str = ""  # the cluster node it runs on, by name ("" = this box)
+    node_id: str = ""  # that node's id (the ray runtime)
 
     @property
     def managed(self) -> bool:
@@ -69,6 +71,28 @@ class ContainerOptions:
 
 
 @dataclass(frozen=True)
+class HubWeights:
+    """A Hugging Face source to fetch where the backend runs (a cluster node, not this box);
+    resolved here to a commit. ``{model_path}``/``{model_dir}`` are filled there."""
+
+    repo: str
+    commit: str
+    files: tuple[str, ...] | None = None  # globs; None = the whole repo
+    cache_dir: str | None = None  # the node's HF_HOME; None = its default
+    endpoint: str | None = None  # HF_ENDPOINT as this box sees it (never a token)
+    offline: bool = False
+
+
+@dataclass(frozen=True)
+class NodeChoice:
+    """Where placement put a model on a cluster, and the GPUs it asks of the cluster there."""
+
+    node_id: str
+    name: str
+    num_gpus: float = 0.0
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """Everything a runtime needs to start one model's backend.
 
@@ -88,6 +112,8 @@ class LaunchSpec:
     image: str | None = None
     mounts: tuple[str, ...] = ()  # host paths mounted read-only at the same path (docker)
     container: ContainerOptions = ContainerOptions()
+    node: NodeChoice | None = None  # ray: the node placement chose (None: Ray chooses)
+    hub: HubWeights | None = None  # ray: weights the node fetches into its own cache
 
     @property
     def labels(self) -> dict[str, str]:
