@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from reconciler.control.controller import Controller, PassResult, PlanResult
+from reconciler.control.controller import Controller, PassResult, PlanResult, runtime_names
 from reconciler.control.gpuplan import (
     GpuState,
     estimate_json,
@@ -288,14 +288,13 @@ def run(
 
 @app.command()
 def down(directory: DirOption = Path(DEFAULT_DIR)) -> None:
-    """Stop and remove every backend modelplane manages (processes and containers)."""
+    """Stop and remove every backend modelplane manages (processes, containers, Ray actors)."""
 
     async def go() -> tuple[int, dict[str, str]]:
         async with await Controller.open(directory) as controller:
             try:
                 _, desired = await controller.load(online=False)
-                names = {"process", desired.node.runtime}
-                names |= {m.runtime for m in desired.models.values()}
+                names = runtime_names(desired)
             except FileNotFoundError:
                 names = {"process"}
             instances, unavailable = await controller.runtimes.list(names)
@@ -306,7 +305,10 @@ def down(directory: DirOption = Path(DEFAULT_DIR)) -> None:
                     await controller.store.add_event(
                         "Stopped", "stopped by modelplane down", inst.model
                     )
-                    out.print(f"stopped {inst.model} ({inst.runtime} {inst.ident})", markup=False)
+                    where = f" on {inst.node}" if inst.node else ""
+                    out.print(
+                        f"stopped {inst.model} ({inst.runtime} {inst.ident}{where})", markup=False
+                    )
                     stopped += 1
             return stopped, unavailable
 

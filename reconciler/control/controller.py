@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler.gitops.sync import Revision
 from reconciler.gitops.worktree import GitInfo, changes_between, git_info_async
+from reconciler.gpus.inventory import probe_gpus
 from reconciler.manifests import manifest_set as manifest_sets
 from reconciler.manifests.manifest_set import ManifestSet
 from reconciler.manifests.schema import NodeSpec
@@ -92,9 +93,11 @@ class Controller:
             node = NodeSpec()
         state_dir = state_dir or paths.state_dir(node)
         store = await Store.open(state_dir / "modelplane.db")
-        return cls(manifest_dir, store, RuntimeSet(state_dir, node.docker_host))
+        runtimes = RuntimeSet(state_dir, node.docker_host, node.ray, gpu_probe=probe_gpus)
+        return cls(manifest_dir, store, runtimes)
 
     async def close(self) -> None:
+        await self.runtimes.close()
         await self.store.close()
 
     async def __aenter__(self) -> Controller:
@@ -114,12 +117,12 @@ class Controller:
             self.manifest_dir, await self.store.documents(), extra_roots=self.extra_dirs
         )
         self.weights.configure(manifests.node)
+        self.runtimes.ray = manifests.node.ray  # the cluster as the Node manifest says now
         revisions = await self.weights.resolve_all(manifests, online=online, persist=persist)
         return manifests, build_desired(manifests, revisions)
 
     async def observe(self, desired: Desired) -> tuple[list[Instance], dict[str, str]]:
-        names = {"process", desired.node.runtime, *(m.runtime for m in desired.models.values())}
-        return await self.runtimes.list(names)
+        return await self.runtimes.list(runtime_names(desired))
 
     async def plan(
         self,
@@ -306,6 +309,15 @@ class Controller:
             rev = self.revision
             return GitInfo(rev.checkout, rev.sha, rev.branch, rev.subject, dirty=False)
         return await git_info_async(self.manifest_dir)
+
+
+def runtime_names(desired: Desired) -> set[str]:
+    """The runtimes to look at: every one a model uses, the Node's, and the Ray cluster when
+    one is configured (actors there that no manifest wants any more are pruned too)."""
+    names = {"process", desired.node.runtime, *(m.runtime for m in desired.models.values())}
+    if desired.node.ray is not None:
+        names.add("ray")
+    return names
 
 
 def _summary(result: PlanResult) -> dict[str, Any]:

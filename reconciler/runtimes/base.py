@@ -9,7 +9,7 @@ carries ``modelplane.managed=true``, ``modelplane.model`` and ``modelplane.spec-
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -19,6 +19,7 @@ SPEC_HASH_LABEL = "modelplane.spec-hash"
 GENERATION_LABEL = "modelplane.generation"
 
 InstanceState = Literal["starting", "running", "exited"]
+Prepare = Callable[[Callable[[str], None]], Mapping[str, str]]
 
 
 def managed_labels(model: str, spec_hash: str, generation: int) -> dict[str, str]:
@@ -71,19 +72,6 @@ class ContainerOptions:
 
 
 @dataclass(frozen=True)
-class HubWeights:
-    """A Hugging Face source to fetch where the backend runs (a cluster node, not this box);
-    resolved here to a commit. ``{model_path}``/``{model_dir}`` are filled there."""
-
-    repo: str
-    commit: str
-    files: tuple[str, ...] | None = None  # globs; None = the whole repo
-    cache_dir: str | None = None  # the node's HF_HOME; None = its default
-    endpoint: str | None = None  # HF_ENDPOINT as this box sees it (never a token)
-    offline: bool = False
-
-
-@dataclass(frozen=True)
 class NodeChoice:
     """Where placement put a model on a cluster, and the GPUs it asks of the cluster there."""
 
@@ -113,7 +101,11 @@ class LaunchSpec:
     mounts: tuple[str, ...] = ()  # host paths mounted read-only at the same path (docker)
     container: ContainerOptions = ContainerOptions()
     node: NodeChoice | None = None  # ray: the node placement chose (None: Ray chooses)
-    hub: HubWeights | None = None  # ray: weights the node fetches into its own cache
+    # ray: work done where the backend runs, before its engine starts (fetching a hub source
+    # into that node's cache); called with a callback for progress in words, it returns more
+    # placeholder values ({model_path}, {model_dir}). A module-level function or a partial of
+    # one, since it travels to the node by reference.
+    prepare: Prepare | None = None
 
     @property
     def labels(self) -> dict[str, str]:

@@ -44,10 +44,11 @@ class RayRuntime:
         address: str,
         namespace: str = NAMESPACE,
         log_dir: Path | None = None,
-        cache_dir: str | None = None,
+        probe: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.address = address
-        self.cache_dir = cache_dir  # the nodes' weights cache (None: their default)
+        self.namespace = namespace
+        self.probe = probe  # run once on each GPU node: its GPUs' sizes (gpus.probe_gpus)
         self.on_change: list[Callable[[], None]] = []  # an actor exited, or the link dropped
         log_path = log_dir / "ray-driver.log" if log_dir else None
         self.link = RayLink(address, namespace, log_path, on_event=self._event)
@@ -61,7 +62,7 @@ class RayRuntime:
 
     async def nodes(self) -> list[RayNode]:
         """Every node of the cluster (dead ones too: their death is a cause to report)."""
-        return parse_nodes(await self._call("nodes", NODES_TIMEOUT))
+        return parse_nodes(await self._call("nodes", NODES_TIMEOUT, probe=self.probe))
 
     async def start(self, spec: LaunchSpec) -> Instance:
         backend = BackendSpec(
@@ -72,7 +73,7 @@ class RayRuntime:
             env=dict(spec.env),
             health_path=spec.health_path,
             startup_timeout=spec.startup_timeout,
-            weights=spec.hub,
+            prepare=spec.prepare,
         )
         node = spec.node
         request = StartRequest(

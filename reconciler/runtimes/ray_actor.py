@@ -3,9 +3,10 @@
 The Ray runtime (:mod:`reconciler.runtimes.ray`) creates a :class:`ModelBackend` actor per model,
 named after the model in modelplane's namespace, pinned to the node modelplane chose. The actor
 
-1. makes the weights available on its node: a ``path`` source is used in place (a local or a
-   shared path); a Hugging Face source is downloaded into the node's own cache by the same
-   weights code a single box uses (:mod:`reconciler.weights`);
+1. runs the launch's ``prepare`` step on its node: for a Hugging Face source, the same weights
+   code a single box uses downloads it into the node's own cache
+   (:func:`reconciler.weights.remote.fetch_on_node`); a ``path`` source is used in place (a
+   local or a shared path) and needs nothing;
 2. starts the Engine's command as a child process group, with ``{host}`` the node's IP and a
    free port there, and ``CUDA_VISIBLE_DEVICES`` the GPUs Ray assigned to the actor;
 3. reports where it serves (:meth:`ModelBackend.describe`) and when the engine exits
@@ -15,8 +16,8 @@ The actor is asynchronous (every method is a coroutine on one event loop), so ``
 ``logs`` answer while a start downloads or waits for the engine's health check. Every node needs
 modelplane installed (``pip install 'modelplane[ray]'``): Ray imports this module there.
 
-The class is plain Python (the driver makes it remote); Ray and the weights code are imported
-only where they are used, so importing this module costs little.
+The class is plain Python (the driver makes it remote), and Ray is imported only where it is
+used, so importing this module costs little.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from .base import HubWeights, render_command
+from .base import Prepare, render_command
 from .process import tail
 
 #: Bumped when the controller/actor contract changes: an actor of another version is reported
@@ -68,7 +69,7 @@ class BackendSpec:
     """Everything the actor needs to run one model's engine on its node.
 
     ``command`` still holds the placeholders that only the node can fill: ``{host}``,
-    ``{port}``, ``{python}``, and for a hub source ``{model_path}`` and ``{model_dir}``.
+    ``{port}``, ``{python}``, and those that ``prepare`` returns (``{model_path}``...).
     """
 
     model: str
@@ -78,7 +79,7 @@ class BackendSpec:
     env: dict[str, str] = field(default_factory=dict)
     health_path: str = "/health"
     startup_timeout: float = 600.0
-    weights: HubWeights | None = None
+    prepare: Prepare | None = None
     log_dir: str | None = None  # where the engine's log goes; None = <tmp>/modelplane-logs
 
 
@@ -163,7 +164,9 @@ class ModelBackend:
         try:
             values = await self._weights()
             port = _free_port(self.node_ip)
+            gpus = ",".join(map(str, self.gpus))
             values |= {"host": self.node_ip, "port": str(port), "python": sys.executable}
+            values |= {"gpus": gpus}
             command = render_command(self.spec.command, values)
             self._spawn(command)
             await self._wait_healthy(f"http://{_url_host(self.node_ip)}:{port}")
@@ -177,19 +180,14 @@ class ModelBackend:
         return await self.describe()
 
     async def _weights(self) -> dict[str, str]:
-        """``{model_path}`` and ``{model_dir}`` on this node (downloading a hub source)."""
-        hub = self.spec.weights
-        if hub is None:
+        """More placeholder values from the launch's ``prepare`` step, run on this node."""
+        if self.spec.prepare is None:
             return {}
-        self.detail = f"fetching {hub.repo}@{hub.commit[:12]} on {self.node_ip}"
-        path = await asyncio.to_thread(fetch_weights, hub, self._note_progress)
-        self.detail = "weights ready"
-        directory = path if path.is_dir() else path.parent
-        return {"model_path": str(path), "model_dir": str(directory)}
+        values = await asyncio.to_thread(self.spec.prepare, self._note)
+        return dict(values)
 
-    def _note_progress(self, done: int, total: int) -> None:
-        share = f" ({100 * done // total}%)" if total else ""
-        self.detail = f"downloading on {self.node_ip}: {done >> 20} of {total >> 20} MiB{share}"
+    def _note(self, detail: str) -> None:
+        self.detail = f"{detail} (on {self.node_ip})"
 
     def _spawn(self, command: list[str]) -> None:
         env = {**os.environ, **self.spec.env}
@@ -250,37 +248,6 @@ class ModelBackend:
         self.detail = f"{reason}\n--- last log lines ---\n{log_tail}" if log_tail else reason
         if self._exited is not None:
             self._exited.set()
-
-
-def fetch_weights(hub: HubWeights, on_progress: Any = None) -> Path:
-    """The model's main file (or snapshot folder) in this node's cache, downloaded and verified
-    by the same code as on a single box. Blocking; the actor runs it in a thread."""
-    from reconciler.weights import HubSettings, ensure_downloaded, resolve
-
-    cache = Path(hub.cache_dir or Path.home() / ".cache" / "modelplane" / "hf").expanduser()
-    hub_cache = cache / "hub"
-    local = HubSettings.from_env()
-    settings = HubSettings(
-        endpoint=(os.environ.get("HF_ENDPOINT") or hub.endpoint or local.endpoint).rstrip("/"),
-        offline=hub.offline or local.offline,
-        token=local.token,  # the node's own HF_TOKEN: tokens never travel through Ray
-    )
-    globs = list(hub.files) if hub.files else None
-    resolution = resolve(hub_cache, hub.repo, hub.commit, globs, settings)
-    progress = (lambda p: on_progress(p.done, p.total)) if on_progress else None
-    result = ensure_downloaded(hub_cache, resolution, settings, progress=progress)
-    return Path(result.model_path)
-
-
-def node_gpus() -> list[dict[str, Any]]:
-    """This node's GPUs as NVML reports them (index, total memory, name); empty without NVML.
-    The Ray runtime runs it once per node, pinned there, to learn the GPUs' sizes."""
-    from reconciler.gpus import read_inventory
-
-    return [
-        {"index": g.index, "total": g.total, "name": g.name, "uuid": g.uuid}
-        for g in read_inventory("auto").gpus
-    ]
 
 
 # --- small helpers ----------------------------------------------------------------------------

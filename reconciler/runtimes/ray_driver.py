@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .ray_actor import PROTOCOL, BackendSpec, ModelBackend, node_gpus
+from .ray_actor import PROTOCOL, BackendSpec, ModelBackend
 from .ray_link import read_frame, write_frame
 from .ray_nodes import node_names
 
@@ -56,7 +56,6 @@ class Driver:
         self.namespace = namespace
         self.emit = emit  # unsolicited messages to the controller (an actor exited or died)
         self.remote_backend = ray.remote(ModelBackend)
-        self.remote_probe = ray.remote(node_gpus)
         self._lock = threading.Lock()
         self._watches: dict[str, tuple[str, Any]] = {}  # model -> (actor id, wait_exit ref)
         self._exits: dict[str, dict[str, Any]] = {}  # model -> its last description, exited
@@ -112,28 +111,33 @@ class Driver:
             for n in self.ray.nodes()
         ]
 
-    def nodes(self) -> list[dict[str, Any]]:
-        """Ray's view of every node, with the GPUs NVML reports there (probed once per node)."""
+    def nodes(self, probe: Callable[[], list[dict[str, Any]]] | None) -> list[dict[str, Any]]:
+        """Ray's view of every node; with ``probe``, the GPUs it reports on each node that has
+        some (run there once per node: NVML sizes do not change)."""
         nodes = self._node_records()
-        probes = {
-            n["id"]: self._probe(n["id"])
+        todo = [
+            n["id"]
             for n in nodes
-            if n["alive"] and n["resources"].get("GPU") and n["id"] not in self._gpus
-        }
-        for node_id, ref in probes.items():
-            try:
-                self._gpus[node_id] = self.ray.get(ref, timeout=PROBE_TIMEOUT)
-            except Exception:  # no NVML there, or modelplane missing: the labels decide
-                self._gpus[node_id] = []
+            if probe and n["alive"] and n["resources"].get("GPU") and n["id"] not in self._gpus
+        ]
+        if probe and todo:
+            remote = self.ray.remote(probe)
+            refs = {node_id: self._on_node(remote, node_id).remote() for node_id in todo}
+            for node_id, ref in refs.items():
+                try:
+                    self._gpus[node_id] = self.ray.get(ref, timeout=PROBE_TIMEOUT)
+                except Exception:  # no NVML there, or modelplane missing: the labels decide
+                    self._gpus[node_id] = []
         for node in nodes:
             node["gpus"] = self._gpus.get(node["id"], [])
         return nodes
 
-    def _probe(self, node_id: str) -> Any:
+    @staticmethod
+    def _on_node(remote: Any, node_id: str) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         strategy = NodeAffinitySchedulingStrategy(node_id, soft=False)
-        return self.remote_probe.options(num_cpus=0, scheduling_strategy=strategy).remote()
+        return remote.options(num_cpus=0, scheduling_strategy=strategy)
 
     # --- starting and stopping --------------------------------------------------------------
 

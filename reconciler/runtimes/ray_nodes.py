@@ -14,12 +14,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from reconciler.gputypes import GpuInfo
 from reconciler.units import parse_size
 
 NAME_LABEL = "name"  # ``ray start --labels name=gpu-a``: what status shows as the node
 GPU_MEMORY_LABEL = "modelplane.io/gpu-memory"  # memory per GPU where NVML cannot tell
 HEAD_RESOURCE = "node:__internal_head__"
+
+
+@dataclass(frozen=True)
+class NodeGpu:
+    """One GPU of a node: Ray's index for it and its memory (NVML's, or the label's)."""
+
+    index: int
+    total: int
+    name: str = ""
+    declared: bool = False  # from the label, not NVML
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,7 @@ class RayNode:
     ip: str
     alive: bool = True
     labels: Mapping[str, str] = field(default_factory=dict)
-    gpus: tuple[GpuInfo, ...] = ()
+    gpus: tuple[NodeGpu, ...] = ()
     gpu_count: int = 0  # Ray's GPU resource
     head: bool = False
     problem: str = ""  # why its GPUs cannot be used for placement
@@ -80,7 +89,7 @@ def parse_nodes(raw: Sequence[Mapping[str, Any]]) -> list[RayNode]:
 
 def node_gpus(
     probed: Sequence[Mapping[str, Any]], count: int, labels: Mapping[str, str]
-) -> tuple[tuple[GpuInfo, ...], str]:
+) -> tuple[tuple[NodeGpu, ...], str]:
     """A node's GPUs for placement, and the problem when they cannot be used.
 
     NVML's list wins (cut to the ``count`` GPUs Ray manages there); else ``count`` logical GPUs
@@ -91,7 +100,7 @@ def node_gpus(
         return (), ""
     if probed:
         gpus = [
-            GpuInfo(index=int(g["index"]), total=int(g["total"]), name=str(g.get("name", "")))
+            NodeGpu(index=int(g["index"]), total=int(g["total"]), name=str(g.get("name", "")))
             for g in probed
         ]
         return tuple(sorted(gpus, key=lambda g: g.index)[:count]), ""
@@ -105,4 +114,4 @@ def node_gpus(
         memory = parse_size(declared)
     except ValueError as exc:
         return (), f"label {GPU_MEMORY_LABEL}={declared!r}: {exc}"
-    return tuple(GpuInfo(index=i, total=memory, source="static") for i in range(count)), ""
+    return tuple(NodeGpu(index=i, total=memory, declared=True) for i in range(count)), ""
