@@ -76,7 +76,12 @@ class Controller:
         self.runtimes = runtimes
         runtimes.on_pull = PullEvents(store.add_event)  # image pulls show in the event log
         self.weights = WeightsManager(store)
-        self.executor = Executor(runtimes, store, resolve_path=self.weights.resolved_path)
+        self.executor = Executor(
+            runtimes,
+            store,
+            resolve_path=self.weights.resolved_path,
+            remote_prepare=self.weights.remote_prepare,
+        )
         self.state_dir = runtimes.state_dir
         # Pull mode (Node.git): the clone's manifests are read beside the directory's, and the
         # revision checked out there is what generations record.
