@@ -329,6 +329,7 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
 
     from reconciler.control.pull_mode import attach_for_cli
     from reconciler.gitops.applied import applied, applied_line, dirty_warning
+    from reconciler.gpus.cluster import cluster_json
     from reconciler.gpus.inventory import gpu_table, inventory_json
 
     async def go() -> tuple[list[Any], GpuState, Any, list[str]]:
@@ -345,6 +346,7 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
     except FileNotFoundError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(1) from None
+    cluster = cluster_json(gpus.cluster, gpus.claims, gpus.actual) if gpus.cluster.nodes else None
     if as_json:
         data = {
             "models": [r.as_dict() for r in rows],
@@ -352,11 +354,14 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
             "applied": applied(generation),
             "warnings": warnings,
         }
+        if cluster is not None:
+            data["cluster"] = cluster
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
+    on_nodes = any(row.node for row in rows) or cluster is not None
     table = Table(box=None, pad_edge=False)
-    columns = ("MODEL", "PHASE", "SYNC", "RUNTIME", "GPUS", "ENDPOINT", "IDLE", "REVISION")
-    for column in (*columns, "SIZE", "QUANT", "REASON"):
+    columns = ("MODEL", "PHASE", "SYNC", "RUNTIME", *(("NODE",) if on_nodes else ()), "GPUS")
+    for column in (*columns, "ENDPOINT", "IDLE", "REVISION", "SIZE", "QUANT", "REASON"):
         table.add_column(column, overflow="fold")
     for row in rows:
         idle = format_duration(row.idle_for) if row.idle_for is not None else "-"
@@ -367,6 +372,7 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
             row.phase,
             row.sync,
             row.runtime,
+            *((row.node or "-",) if on_nodes else ()),
             ",".join(map(str, row.gpus)) or "-",
             row.endpoint or "-",
             idle,
@@ -377,9 +383,33 @@ def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False
         )
     out.print(table)
     out.print(gpu_table(gpus.inventory, gpus.all_claims, gpus.reserve))
+    if cluster is not None:
+        out.print(node_table(cluster))
     out.print(applied_line(generation), markup=False)
     for warning in warnings:
         err.print(f"warning: {warning}", markup=False, style="yellow")
+
+
+def node_table(cluster: dict[str, Any]) -> Table:
+    """The Ray cluster's nodes: alive or not, GPUs (claimed of total), labels, models."""
+    table = Table(box=None, pad_edge=False)
+    for column in ("NODE", "STATE", "GPUS", "LABELS", "MODELS"):
+        table.add_column(column, overflow="fold")
+    for node in cluster["nodes"]:
+        state = "alive" if node["alive"] else f"dead: {node['death'] or 'lost'}"
+        gpus = ", ".join(
+            f"{g['index']}: {format_size(g['claimed'])}/{format_size(g['total'])}"
+            for g in node["gpus"]
+        )
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(node["labels"].items()))
+        table.add_row(
+            node["name"] + (" (head)" if node["head"] else ""),
+            state,
+            gpus or escape(node["problem"]) or "-",
+            escape(labels) or "-",
+            ", ".join(node["models"]) or "-",
+        )
+    return table
 
 
 @app.command()

@@ -31,7 +31,7 @@ from reconciler.weights.gate import gate_downloads
 from reconciler.weights.manager import ProgressListener, WeightsManager
 
 from .executor import Executor
-from .gpuplan import GpuState, converge, read_state, schedule_into
+from .gpuplan import GpuState, converge, read_cluster, read_state, schedule_into
 from .overrides import describe, ended, manifest_digests
 from .status import ModelStatus, model_statuses
 
@@ -139,9 +139,11 @@ class Controller:
     ) -> PlanResult:
         manifests, desired = await self.load(online=online, persist=persist)
         actual, unavailable = await self.observe(desired)
+        cluster = await read_cluster(self.runtimes, desired, actual, unavailable)
         result = PlanResult(manifests, desired, actual, unavailable=unavailable)
         activity = await self._activity(activity, manifests, desired)
-        result.gpus = await read_state(desired, actual, activity, self.executor.resolve_path)
+        resolve = self.executor.resolve_path
+        result.gpus = await read_state(desired, actual, activity, resolve, cluster=cluster)
         try:
             planned = plan(desired, actual, now or time.time(), activity, allow_empty=allow_empty)
             blind = unseen(desired, unavailable)  # their runtime is down: what runs is unknown
@@ -228,9 +230,11 @@ class Controller:
     async def gpu_state(self, activity: Mapping[str, Activity] | None = None) -> GpuState:
         """The GPU inventory with the claims of the backends that run (``status``)."""
         manifests, desired = await self.load(online=False)
-        actual, _ = await self.observe(desired)
+        actual, unavailable = await self.observe(desired)
+        cluster = await read_cluster(self.runtimes, desired, actual, unavailable)
         activity = await self._activity(activity, manifests, desired)
-        return await read_state(desired, actual, activity, self.executor.resolve_path)
+        resolve = self.executor.resolve_path
+        return await read_state(desired, actual, activity, resolve, cluster=cluster)
 
     async def _activity(
         self,

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from reconciler.gpus.cluster import Cluster, schedule_everywhere, where_models_run
 from reconciler.gpus.estimates import estimate_all
 from reconciler.gpus.eviction import RunningModel
 from reconciler.gpus.inventory import Inventory, inventory_json, node_gpus, read_inventory
-from reconciler.gpus.scheduler import Schedule, holders, pins_problem, schedule
+from reconciler.gpus.scheduler import Schedule, holders, pins_problem
 from reconciler.gpus.types import Claim
 from reconciler.gpus.vram import Estimate
 from reconciler.manifests.loader import ManifestError
@@ -27,7 +28,8 @@ from reconciler.manifests.manifest_set import ManifestSet
 from reconciler.planning.desired import Desired, DesiredModel, build_desired
 from reconciler.planning.outcome import Outcome
 from reconciler.planning.planner import Action, Activity
-from reconciler.runtimes.base import Instance
+from reconciler.runtimes import RuntimeSet
+from reconciler.runtimes.base import Instance, RuntimeUnavailable
 
 if TYPE_CHECKING:
     from .controller import Controller
@@ -50,6 +52,8 @@ class GpuState:
     deferred: list[Action] = field(default_factory=list)  # starts waiting or unschedulable
     pins: str | None = None  # why the pinned models cannot all fit, if they cannot
     reserve: int = 0  # Node.vramReserve
+    cluster: Cluster = field(default_factory=Cluster)  # the Ray cluster's nodes, if any
+    actual: Sequence[Instance] = ()  # what runs (where, on a cluster)
 
     @property
     def all_claims(self) -> list[Claim]:
@@ -58,23 +62,71 @@ class GpuState:
         return [c for cs in merged.values() for c in cs]
 
 
+async def read_cluster(
+    runtimes: RuntimeSet,
+    desired: Desired,
+    actual: Sequence[Instance],
+    unavailable: dict[str, str],
+) -> Cluster:
+    """The Ray cluster's nodes and where its models run; empty without a cluster, or when it
+    cannot be reached (then ``unavailable`` says why, as a runtime that could not be listed)."""
+    if desired.node.ray is None or "ray" in unavailable:
+        return Cluster()
+    try:
+        nodes = await runtimes.ray_runtime().nodes()
+    except RuntimeUnavailable as exc:
+        unavailable["ray"] = str(exc)
+        return Cluster()
+    return Cluster(tuple(nodes), where_models_run(actual))
+
+
+async def estimate_models(
+    desired: Desired,
+    resolve_path: Callable[[DesiredModel], str | None],
+    only: Collection[str] | None,
+    gpu_box: bool,
+    cluster: Cluster,
+) -> dict[str, Estimate | str]:
+    """Estimates of this box's models (a GPU is needed only when the box has one) and of the
+    Ray models (only when some node of the cluster has one). Blocking reads, in a thread."""
+    names = list(desired.models) if only is None else list(only)
+    on_ray = [n for n in names if desired.models[n].runtime == "ray"]
+    here = [n for n in names if n not in on_ray]
+    found = await asyncio.to_thread(estimate_all, desired, resolve_path, here, gpu_box)
+    if on_ray:
+        found |= await asyncio.to_thread(
+            estimate_all, desired, resolve_path, on_ray, cluster.has_gpus
+        )
+    return found
+
+
 async def read_state(
     desired: Desired,
     actual: Sequence[Instance],
     activity: Mapping[str, Activity],
     resolve_path: Callable[[DesiredModel], str | None],
     estimates: dict[str, Estimate | str] | None = None,
+    cluster: Cluster | None = None,
 ) -> GpuState:
     """Inventory (NVML or the Node's list), estimates and the claims of what runs."""
+    cluster = cluster or Cluster()
     inventory = await asyncio.to_thread(read_inventory, node_gpus(desired.node))
     if estimates is None:
-        estimates = await asyncio.to_thread(
-            estimate_all, desired, resolve_path, None, bool(inventory.gpus)
-        )
+        gpu_box = bool(inventory.gpus)
+        estimates = await estimate_models(desired, resolve_path, None, gpu_box, cluster)
     claims, candidates = holders(desired, actual, {}, estimates, inventory, activity, time.time())
     pins = pins_problem(desired, inventory.gpus, desired.node.vram_reserve, estimates)
     reserve = desired.node.vram_reserve
-    return GpuState(inventory, estimates, claims, candidates, pins=pins, reserve=reserve)
+    return GpuState(
+        inventory,
+        estimates,
+        claims,
+        candidates,
+        pins=pins,
+        reserve=reserve,
+        cluster=cluster,
+        actual=actual,
+    )
 
 
 def schedule_into(
@@ -86,7 +138,7 @@ def schedule_into(
 ) -> list[Action]:
     """Schedule ``actions`` on ``state`` (filling its ``schedule`` and ``deferred``); returns
     what to do now: the stops and evictions, then the starts that were placed."""
-    state.schedule = schedule(
+    state.schedule = schedule_everywhere(
         actions,
         desired,
         actual,
@@ -96,6 +148,7 @@ def schedule_into(
         state.estimates,
         state.candidates,
         settling,
+        state.cluster,
     )
     held = {**state.schedule.waiting, **state.schedule.unschedulable}
     state.deferred = [a for a in actions if a.kind in STARTS and a.model in held]
@@ -169,7 +222,8 @@ async def _wait_for_room(
     while True:
         actual, _ = await controller.observe(desired)
         resolve = controller.executor.resolve_path
-        state = await read_state(desired, actual, activity, resolve, previous.estimates)
+        cluster = Cluster(previous.cluster.nodes, where_models_run(actual))
+        state = await read_state(desired, actual, activity, resolve, previous.estimates, cluster)
         settling = names if time.monotonic() < deadline else frozenset()
         actions = schedule_into(state, waiting, desired, actual, settling)
         if not settling or not state.schedule.waiting:
@@ -212,6 +266,9 @@ def placement_text(action: Action, state: GpuState) -> str:
         return f"UNSCHEDULABLE: {sched.unschedulable[action.model]}"
     if action.model in sched.waiting:
         return f"after evictions: {sched.waiting[action.model]}"
+    if action.node is not None:  # on a Ray node: the reason names the node and the GPUs
+        why = sched.placed.get(action.model, f"node {action.node.name}")
+        return f"{why}; num_gpus {action.node.num_gpus:g}"
     if action.placement is None or not state.inventory.gpus:
         return ""
     gpus, args = action.placement
@@ -236,6 +293,12 @@ def schedule_json(state: GpuState) -> dict[str, Any]:
                 ],
                 "reason": state.schedule.placed.get(action.model, ""),
             }
+            if action.node is not None:
+                placements[action.model] |= {
+                    "node": action.node.name,
+                    "nodeId": action.node.node_id,
+                    "numGpus": action.node.num_gpus,
+                }
     return {
         "inventory": inventory_json(state.inventory, state.all_claims),
         "placements": placements,

@@ -16,13 +16,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import watchfiles
 
-from reconciler.gpus.estimates import estimate_all, missing
+from reconciler.gpus.cluster import Cluster, schedule_everywhere
+from reconciler.gpus.estimates import missing
 from reconciler.gpus.inventory import Inventory, node_gpus, read_inventory
-from reconciler.gpus.scheduler import holders, instance_claims, schedule
+from reconciler.gpus.scheduler import holders, instance_claims
 from reconciler.gpus.types import Claim
 from reconciler.gpus.vram import Estimate
 from reconciler.manifests.manifest_set import ManifestSet
@@ -34,6 +35,7 @@ from reconciler.weights.gate import gate_downloads
 
 from .activity import ActivityTracker
 from .controller import Controller
+from .gpuplan import estimate_models, read_cluster
 from .overrides import Overrides, manifest_digests
 
 log = logging.getLogger("modelplane.loop")
@@ -106,6 +108,9 @@ class ReconcileLoop:
         self._emitting: set[asyncio.Task[object]] = set()
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._placed: dict[str, tuple[Claim, ...]] = {}
+        self._placed_nodes: dict[str, str] = {}  # Ray starts: model -> the node placed on
+        self.cluster = Cluster()  # the Ray cluster's nodes (Node.ray), read each pass
+        controller.runtimes.on_change.append(self.trigger)  # a Ray actor exited: look now
         self._wakeup = asyncio.Event()
         self._pass_wanted = False
         self._last_pass_at = 0.0  # the ``now`` of the last pass's plan
@@ -261,15 +266,16 @@ class ReconcileLoop:
                 return
             before = self.unavailable
             self.actual, self.unavailable = await self.controller.observe(self.desired)
+            self.cluster = await self._read_cluster()
             await self._note_runtimes(before)
             blind = self._blind()
             self.inventory = await asyncio.to_thread(read_inventory, node_gpus(self.desired.node))
             if todo := missing(self.estimates, self.desired):  # new, changed, or weights arrived
                 resolve = self.controller.executor.resolve_path
-                found = await asyncio.to_thread(
-                    estimate_all, self.desired, resolve, todo, bool(self.inventory.gpus)
+                gpu_box = bool(self.inventory.gpus)
+                self.estimates |= await estimate_models(
+                    self.desired, resolve, todo, gpu_box, self.cluster
                 )
-                self.estimates.update(found)
             await self._sync_ready()
             now = self._last_pass_at = time.time()
             try:
@@ -293,6 +299,15 @@ class ReconcileLoop:
             self.passes += 1
             self._first_pass.set()
             self._changed()
+
+    async def _read_cluster(self) -> Cluster:
+        """The Ray cluster's nodes, and where its models are: those that run or start, and
+        the starts under way (placed, their actors perhaps not created yet)."""
+        assert self.desired is not None
+        runtimes = self.controller.runtimes
+        cluster = await read_cluster(runtimes, self.desired, self.actual, self.unavailable)
+        starting = {n: node for n, node in self._placed_nodes.items() if n in self.busy}
+        return replace(cluster, where={**starting, **cluster.where})
 
     async def _note_runtimes(self, before: dict[str, str]) -> None:
         """An event when a runtime becomes unreachable, and when it answers again."""
@@ -347,7 +362,7 @@ class ReconcileLoop:
         # free), the starts they make room for wait instead of evicting more.
         settle = self.evicting or now < self.settle_until
         settling = frozenset(self.waiting_gpu) if settle else frozenset()
-        result = schedule(
+        result = schedule_everywhere(
             actions,
             desired,
             self.actual,
@@ -357,6 +372,7 @@ class ReconcileLoop:
             self.estimates,
             candidates,
             settling,
+            self.cluster,
         )
         self.waiting_gpu = dict(result.waiting)
         for name, reason in result.waiting.items():
@@ -371,6 +387,7 @@ class ReconcileLoop:
         for name in result.claims:
             self.unschedulable_since.pop(name, None)
         self._placed = result.claims
+        self._placed_nodes |= result.nodes
         return result.actions
 
     async def _gate_downloads(self, actions: list[Action], now: float) -> list[Action]:
@@ -535,6 +552,9 @@ class ReconcileLoop:
             if action.kind in ("start", "recreate"):
                 self.activity.wanted.discard(name)
                 if outcome.ok and outcome.instance and outcome.instance.endpoint:
+                    if outcome.instance.node_id:  # Ray chose the GPUs on the node: claim those
+                        estimate = self.estimates.get(name)
+                        self.claims[name] = instance_claims(name, outcome.instance.gpus, estimate)
                     self.ready[name] = outcome.instance.endpoint
                     self._set_phase(name, "Ready")
                     self._resolve(name, outcome.instance.endpoint)

@@ -18,11 +18,13 @@ from typing import Any
 from proxy.gateway import PRIORITIES, ApiKey, ModelRoute, Refused, RequestRecord, Unavailable
 from reconciler.gitops.applied import applied, dirty_warning
 from reconciler.gitops.worktree import GitInfo, git_info_async
+from reconciler.gpus.cluster import cluster_json
 from reconciler.gpus.inventory import Inventory, inventory_json
 from reconciler.gpus.types import Claim
 from reconciler.manifests import manifest_set as manifest_sets
 from reconciler.ops.alerts import EventNotifications
 from reconciler.ops.webhooks import display_url
+from reconciler.planning.desired import Desired
 from reconciler.planning.planner import Action
 from reconciler.state.store import Event, ModelState
 
@@ -141,6 +143,7 @@ class Service:
             return
         routes: dict[str, ModelRoute] = {}
         listing = []
+        nodes = {i.model: i.node for i in self.loop.actual if i.node and i.state != "exited"}
         for name, model in desired.models.items():
             phase = self.loop.phases.get(name)
             route = ModelRoute(
@@ -153,6 +156,7 @@ class Service:
                 endpoint=self.loop.ready.get(name),
                 created=self._created.setdefault(name, int(time.time())),
                 labels=dict(model.labels),
+                node=nodes.get(name, ""),
             )
             listing.append(route)
             routes[name] = route
@@ -298,8 +302,16 @@ class Service:
             "gpus": gpus,
             "errors": [str(e) for e in self.loop.manifests.errors] if self.loop.manifests else [],
             "runtimesUnavailable": self.loop.unavailable,
+            **self._cluster_status(desired),
             **await self._ops_status(),
         }
+
+    def _cluster_status(self, desired: Desired) -> dict[str, Any]:
+        """The Ray cluster's nodes, with a configured cluster (Node.spec.ray)."""
+        if desired.node.ray is None:
+            return {}
+        cluster = cluster_json(self.loop.cluster, self.loop.claims, self.loop.actual)
+        return {"cluster": {"address": desired.node.ray.address, **cluster}}
 
     async def _ops_status(self) -> dict[str, Any]:
         """Where the manifests in force come from, and what the user should know about it."""

@@ -33,6 +33,7 @@ class ModelStatus:
     size: int | None = None  # bytes of the model's files
     quantization: str | None = None  # from the GGUF header
     download: dict[str, int] | None = None  # under way: {"done": bytes, "total": bytes}
+    node: str = ""  # the cluster node it runs on (the ray runtime); "" = this box
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,6 +109,7 @@ def model_statuses(
                 size=info.size,
                 quantization=info.quantization,
                 download=download,
+                node=inst.node if inst else "",
             )
         )
     return rows

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from proxy.gateway import PRIORITIES
 from reconciler.planning.desired import Desired, DesiredModel
@@ -288,3 +289,42 @@ def _cheapest_eviction(
         return None
     _, _, node, eviction = min(found, key=lambda f: (f[0], f[1]))
     return node, eviction
+
+
+def cluster_json(
+    cluster: Cluster, claims: Mapping[str, tuple[Claim, ...]], actual: Sequence[Instance]
+) -> dict[str, Any]:
+    """The Ray nodes for ``/api/status``: each with its labels, its GPUs and what modelplane
+    claims on them, and the models that run there."""
+    where = {**cluster.where, **where_models_run(actual)}
+    nodes = []
+    for node in cluster.nodes:
+        here = {m for m, node_id in where.items() if node_id == node.id}
+        gpus = [
+            {
+                "index": g.index,
+                "total": g.total,
+                "claimed": sum(
+                    c.bytes for m in here for c in claims.get(m, ()) if c.gpu == g.index
+                ),
+                "models": sorted(
+                    m for m in here if any(c.gpu == g.index for c in claims.get(m, ()))
+                ),
+            }
+            for g in node.gpus
+        ]
+        nodes.append(
+            {
+                "name": node.name,
+                "id": node.id,
+                "ip": node.ip,
+                "alive": node.alive,
+                "head": node.head,
+                "labels": dict(node.labels),
+                "gpus": gpus,
+                "models": sorted(here),
+                "problem": node.problem,
+                "death": node.death,
+            }
+        )
+    return {"nodes": nodes}
