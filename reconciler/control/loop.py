@@ -552,10 +552,13 @@ class ReconcileLoop:
             if action.kind in ("start", "recreate"):
                 self.activity.wanted.discard(name)
                 if outcome.ok and outcome.instance and outcome.instance.endpoint:
-                    if outcome.instance.node_id:  # Ray chose the GPUs on the node: claim those
+                    started = outcome.instance
+                    if started.node_id:  # Ray chose the GPUs on the node: claim those
                         estimate = self.estimates.get(name)
-                        self.claims[name] = instance_claims(name, outcome.instance.gpus, estimate)
-                    self.ready[name] = outcome.instance.endpoint
+                        self.claims[name] = instance_claims(name, started.gpus, estimate)
+                    # what runs now, until the next pass lists it (status shows its node)
+                    self.actual = [i for i in self.actual if i.model != name] + [started]
+                    self.ready[name] = started.endpoint
                     self._set_phase(name, "Ready")
                     self._resolve(name, outcome.instance.endpoint)
                 else:

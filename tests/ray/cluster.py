@@ -19,6 +19,7 @@ node dead after about 3 s without a health check answer (Ray's default is about 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -52,10 +53,13 @@ class RayNodeProcess:
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    log_start: int = 0  # where this process's part of the log begins (a restarted node)
 
     def log_text(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")
+            with self.log_path.open("rb") as fh:
+                fh.seek(self.log_start)
+                return fh.read().decode(errors="replace")
         except OSError:
             return ""
 
@@ -72,11 +76,15 @@ class RayNodeProcess:
 
 
 class LocalRayCluster:
-    def __init__(self, root: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, env: dict[str, str] | None = None, port: int | None = None
+    ) -> None:
         self.root = root
-        self.port = free_port()
+        self.port = port or free_port()
         self.client_port = free_port()
         self.nodes: dict[str, RayNodeProcess] = {}
+        self._workers: dict[str, list[str]] = {}  # name -> its ray start arguments
+        self._dirs = itertools.count()
         self.env = {
             **os.environ,
             "RAY_USAGE_STATS_ENABLED": "0",
@@ -131,9 +139,19 @@ class LocalRayCluster:
         ]
         if resources:
             args.append("--resources=" + json.dumps(resources))
+        self._workers[name] = args
         node = self._spawn(name, args)
         if wait:
             self._wait_started(node, timeout)
+        return node
+
+    def restart_worker(self, name: str, timeout: float = 90.0) -> RayNodeProcess:
+        """Start a lost worker again, as it was (a new Ray node: a new id, same labels)."""
+        old = self.nodes.pop(name, None)
+        if old is not None:
+            _stop_group(old.process, 10)
+        node = self._spawn(name, self._workers[name])
+        self._wait_started(node, timeout)
         return node
 
     def wait_started(self, name: str, timeout: float = 90.0) -> None:
@@ -175,10 +193,11 @@ class LocalRayCluster:
             f"--object-store-memory={OBJECT_STORE}",
             f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats",
-            f"--temp-dir={self.root / str(len(self.nodes))}",  # short: unix socket paths
+            f"--temp-dir={self.root / str(next(self._dirs))}",  # short: unix socket paths
         ]
         ray = str(Path(sys.executable).with_name("ray"))
-        with log_path.open("ab") as log:
+        start = log_path.stat().st_size if log_path.exists() else 0
+        with log_path.open("ab") as log:  # (a restarted node appends to its log)
             process = subprocess.Popen(
                 [ray, "start", *args, *common],
                 stdin=subprocess.DEVNULL,
@@ -187,7 +206,7 @@ class LocalRayCluster:
                 env=self.env,
                 start_new_session=True,
             )
-        node = RayNodeProcess(name, process, log_path)
+        node = RayNodeProcess(name, process, log_path, start)
         self.nodes[name] = node
         return node
 

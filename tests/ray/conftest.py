@@ -12,7 +12,6 @@ with the reason; with ``MODELPLANE_TEST_REQUIRE_RAY`` set (CI sets it) that is a
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -20,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.gpus.inventory import probe_gpus
 from reconciler.runtimes.ray import RayRuntime
 from tests.helpers.manifests import REPO
 from tests.ray.cluster import ClusterError, LocalRayCluster
+from tests.ray.service import stop_all
 
 HERE = Path(__file__).resolve().parent
 _namespaces = itertools.count()
@@ -82,15 +83,7 @@ async def ray_runtime(
     ray_cluster: LocalRayCluster, namespace: str, tmp_path: Path
 ) -> AsyncIterator[RayRuntime]:
     """A Ray runtime on the shared cluster; whatever a test leaves running is stopped after."""
-    runtime = RayRuntime(ray_cluster.address, namespace, log_dir=tmp_path / "logs")
+    logs = tmp_path / "logs"
+    runtime = RayRuntime(ray_cluster.address, namespace, log_dir=logs, probe=probe_gpus)
     yield runtime
     await stop_all(runtime)
-
-
-async def stop_all(runtime: RayRuntime) -> None:
-    """Stop every actor of the runtime's namespace, then its driver."""
-    with contextlib.suppress(Exception):
-        for instance in await runtime.list():
-            with contextlib.suppress(Exception):
-                await runtime.stop(instance, grace=2)
-    await runtime.close()
