@@ -377,7 +377,10 @@ def serve(address: str, namespace: str) -> int:
 
     try:
         reachable(address)
-        import ray
+        try:
+            import ray
+        except ImportError as exc:
+            raise ImportError(f"{exc}: install it with pip install 'modelplane[ray]'") from exc
 
         context = ray.init(
             address=address,
