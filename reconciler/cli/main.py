@@ -401,7 +401,8 @@ def node_table(cluster: dict[str, Any]) -> Table:
             f"{g['index']}: {format_size(g['claimed'])}/{format_size(g['total'])}"
             for g in node["gpus"]
         )
-        labels = ", ".join(f"{k}={v}" for k, v in sorted(node["labels"].items()))
+        own = sorted((k, v) for k, v in node["labels"].items() if not k.startswith("ray.io/"))
+        labels = ", ".join(f"{k}={v}" for k, v in own)  # (Ray's own: the node id, noise here)
         table.add_row(
             node["name"] + (" (head)" if node["head"] else ""),
             state,
