@@ -100,7 +100,6 @@ class Executor:
         except Exception as exc:  # runtime unavailable, docker API errors, ...
             return await self._failed(action, f"{type(exc).__name__}: {exc}")
         took = time.monotonic() - began
-        await self.store.clear_model_state(model.name)
         where = f" (node {instance.node})" if instance.node else ""
         ready = f"{model.name} ready on {instance.endpoint}{where} in {took:.1f}s"
         await self.event("Started", ready, model.name)
@@ -116,7 +115,6 @@ class Executor:
         return replace(spec, node=action.node, prepare=self.remote_prepare(model))
 
     async def _failed(self, action: Action, message: str, permanent: bool = False) -> Outcome:
-        await self.store.set_model_state(action.model, "Failed", message)
         await self.event("Failed", f"{action}: {message}", action.model)
         return Outcome(action, False, message, permanent=permanent)
 
