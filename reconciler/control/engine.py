@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -373,6 +373,18 @@ class Engine:
             has_gpus = self.cluster.has_gpus
             found |= await asyncio.to_thread(estimate_all, desired, resolve, on_ray, has_gpus)
         return found
+
+    def local_claims(self, extra: Mapping[str, tuple[Claim, ...]] | None = None) -> list[Claim]:
+        """Claims on this box's GPUs: those of the Ray models are on their nodes' GPUs
+        (see :attr:`cluster`), whose indices mean other devices."""
+        merged = {**self.claims, **(extra or {})}
+        on_ray = {n for n, node in where_models_run(self.actual).items() if node}
+        on_ray |= (
+            {n for n, m in self.desired.models.items() if m.runtime == "ray"}
+            if self.desired
+            else set()
+        )
+        return [c for name, cs in merged.items() if name not in on_ray for c in cs]
 
     def _refresh_weights_info(self) -> None:
         """Revision, size and quantisation for status, read beside the pass: a GGUF header can

@@ -266,7 +266,7 @@ class Service:
 
     def gpu_snapshot(self) -> tuple[Inventory, list[Claim]]:
         """The GPUs as of the last pass, and the claims of the models that run or start."""
-        return self.engine.inventory, [c for cs in self.engine.claims.values() for c in cs]
+        return self.engine.inventory, self.engine.local_claims()
 
     async def snapshot(self) -> Snapshot:
         """What every view shows (``/api/status``, ``modelplane status``, the dashboard)."""

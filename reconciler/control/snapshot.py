@@ -203,7 +203,7 @@ def take_snapshot(
                 node=inst.node if inst and inst.state != "exited" else "",
             )
         )
-    claims_list: list[Claim] = [c for cs in engine.claims.values() for c in cs]
+    claims_list: list[Claim] = engine.local_claims()  # (Ray models': in the cluster's view)
     pins = (engine.pins,) if engine.pins else ()
     return Snapshot(
         time=now,
