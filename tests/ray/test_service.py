@@ -143,6 +143,35 @@ def test_a_restart_adopts_the_actors_and_down_removes_them(
         assert kept["endpoint"] is None and kept["node"] == ""
 
 
+def test_plan_says_which_node_and_apply_starts_it_there(
+    ray_cluster: LocalRayCluster, namespace: str, tmp_path: Path
+) -> None:
+    models = (model_doc("planned", pin=True, vram="6GiB", nodeSelector={"zone": "b"}),)
+    with running_box(tmp_path, ray_cluster, namespace, *models) as box:
+
+        def cli(*args: str | Path) -> Any:
+            return run_cli(
+                *args, cwd=tmp_path, state_dir=box.state_dir, env=SERVICE_ENV, timeout=120
+            )
+
+        directory = box.manifests.root
+        plan = cli("plan", directory, "--json")
+        assert plan.code == 2, plan.output  # changes pending
+        placed = plan.json()["gpus"]["placements"]["planned"]
+        assert (placed["node"], placed["numGpus"]) == ("worker-b", 0.25)
+        assert placed["reason"].startswith("node worker-b: best fit")
+
+        applied = cli("apply", directory)
+        assert applied.code == 0, applied.output
+        status = cli("status", "--dir", directory, "--json")
+        assert status.code == 0, status.output
+        (entry,) = [m for m in status.json()["models"] if m["name"] == "planned"]
+        assert (entry["phase"], entry["node"]) == ("Ready", "worker-b")
+        nodes = {n["name"]: n for n in status.json()["cluster"]["nodes"]}
+        assert nodes["worker-b"]["models"] == ["planned"]
+        assert cli("plan", directory).code == 0  # converged: nothing to do
+
+
 def test_an_unreachable_cluster_is_unknown_and_the_rest_keeps_serving(
     namespace: str,
     tmp_path: Path,
