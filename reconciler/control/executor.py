@@ -15,16 +15,16 @@ from dataclasses import replace
 from reconciler.planning.desired import Desired, DesiredModel
 from reconciler.planning.launch import launch_spec
 from reconciler.planning.outcome import Outcome
-from reconciler.planning.planner import Action, GpuPlacement
+from reconciler.planning.planner import Action, Placement
 from reconciler.runtimes import RuntimeSet
 from reconciler.runtimes.base import Instance, LaunchSpec, Prepare, StartError
 from reconciler.state.store import Store
 
 
-def explicit_placement(model: DesiredModel) -> GpuPlacement:
+def explicit_placement(model: DesiredModel) -> Placement:
     """For a start the GPU scheduler did not place: explicit indices as given, else no GPU."""
     gpus = model.spec.gpus
-    return (tuple(gpus), ()) if isinstance(gpus, list) else (None, ())
+    return Placement.as_named(gpus, "explicit GPUs") if isinstance(gpus, list) else Placement()
 
 
 class Executor:
@@ -108,10 +108,11 @@ class Executor:
     def _launch(self, action: Action, model: DesiredModel, generation: int) -> LaunchSpec:
         """The launch of a start: on this box with the weights of this box's cache; on a Ray
         node with the node placement chose, fetching the weights there."""
-        gpus, extra_args = action.placement or explicit_placement(model)
+        placement = action.placement or explicit_placement(model)
+        gpus, args = placement.gpus or None, placement.args
         if model.runtime != "ray":
-            return launch_spec(model, generation, gpus, self.resolve_path(model), extra_args)
-        spec = launch_spec(model, generation, gpus, None, extra_args, remote=True)
+            return launch_spec(model, generation, gpus, self.resolve_path(model), args)
+        spec = launch_spec(model, generation, gpus, None, args, remote=True)
         return replace(spec, node=action.node, prepare=self.remote_prepare(model))
 
     async def _failed(self, action: Action, message: str, permanent: bool = False) -> Outcome:

@@ -30,14 +30,14 @@ from typing import Any
 
 from proxy.gateway import PRIORITIES
 from reconciler.planning.desired import Desired, DesiredModel
-from reconciler.planning.planner import Action
+from reconciler.planning.planner import Action, Placement
 from reconciler.runtimes.base import Instance, NodeChoice
 from reconciler.runtimes.ray_nodes import RayNode
 
 from .estimates import NOT_NEEDED
 from .eviction import Eviction, RunningModel, choose_victims, victims_cost
-from .placement import ModelDemand, free_bytes
-from .scheduler import Placed, Schedule, place_one, schedule
+from .placement import ModelDemand, claims_of, free_bytes
+from .scheduler import Schedule, place_one, schedule
 from .types import Claim, GpuInfo
 from .vram import Estimate
 
@@ -71,16 +71,15 @@ def gpus_of(node: RayNode) -> tuple[GpuInfo, ...]:
     )
 
 
-def ray_gpus(placed: Placed, gpus: Sequence[GpuInfo]) -> float:
+def ray_gpus(placed: Placement, gpus: Sequence[GpuInfo]) -> float:
     """What a placement asks of Ray: its claim's share of one GPU (rounded up to a hundredth;
     Ray then packs models onto GPUs as this policy does), or whole GPUs when it spreads."""
-    chosen = placed.placement[0] or ()
-    if len(chosen) > 1:
-        return float(len(chosen))
-    if not chosen:
+    if len(placed.gpus) > 1:
+        return float(len(placed.gpus))
+    if not placed.gpus:
         return 0.0
-    total = next(g.total for g in gpus if g.index == chosen[0])
-    claim = sum(c.bytes for c in placed.claims)
+    total = next(g.total for g in gpus if g.index == placed.gpus[0])
+    claim = sum(placed.shares)
     return min(1.0, max(0.01, math.ceil(100 * claim / total) / 100)) if total else 1.0
 
 
@@ -159,8 +158,8 @@ def schedule_cluster(
         if isinstance(outcome, Found):
             node, placed = outcome.node, outcome.placed
             choice = NodeChoice(node.id, node.name, ray_gpus(placed, gpus_of(node)))
-            result.actions.append(replace(action, placement=placed.placement, node=choice))
-            result.claims[model.name] = taken[model.name] = placed.claims
+            result.actions.append(replace(action, placement=placed, node=choice))
+            result.claims[model.name] = taken[model.name] = claims_of(placed, model.name)
             result.nodes[model.name] = where[model.name] = node.id
             result.placed[model.name] = f"node {node.name}: {placed.reason}"
             continue
@@ -189,7 +188,7 @@ NodeTry = tuple[RayNode, ModelDemand]  # a node where evictions could make room,
 @dataclass(frozen=True)
 class Found:
     node: RayNode
-    placed: Placed
+    placed: Placement
 
 
 @dataclass(frozen=True)
@@ -218,16 +217,16 @@ def _place_on_cluster(
         return Missed([], f"no live Ray node matches nodeSelector {wanted} (nodes: {names})")
     estimate = estimates.get(model.name)
     if model.spec.gpus == "none" or estimate == NOT_NEEDED or not cluster.has_gpus:
-        return Found(_least_loaded(matching, where), Placed((None, ()), (), _cpu_reason(model)))
+        return Found(_least_loaded(matching, where), Placement(reason=_cpu_reason(model)))
     with_gpus = [n for n in matching if n.gpus]
     reasons = [f"{n.name}: {n.problem or 'no GPUs'}" for n in matching if not n.gpus]
-    fits: list[tuple[tuple[int, str], RayNode, Placed]] = []
+    fits: list[tuple[tuple[int, str], RayNode, Placement]] = []
     tries: list[NodeTry] = []
     for node in with_gpus:
         gpus = gpus_of(node)
         here = {m: cs for m, cs in taken.items() if where.get(m) == node.id}
         outcome = place_one(model, gpus, reserve, here, estimate)
-        if isinstance(outcome, Placed):
+        if isinstance(outcome, Placement):
             others = [c for m, cs in here.items() if m != model.name for c in cs]
             fits.append(((_leftover(outcome, gpus, others, reserve), node.name), node, outcome))
             continue
@@ -256,14 +255,11 @@ def _cpu_reason(model: DesiredModel) -> str:
 
 
 def _leftover(
-    placed: Placed, gpus: Sequence[GpuInfo], others: Sequence[Claim], reserve: int
+    placed: Placement, gpus: Sequence[GpuInfo], others: Sequence[Claim], reserve: int
 ) -> int:
     """Free memory left on the GPUs a placement takes (best fit: the less, the better)."""
-    chosen = set(placed.placement[0] or ())
-    mine = {c.gpu: c.bytes for c in placed.claims}
-    return sum(
-        free_bytes(g, others, reserve) - mine.get(g.index, 0) for g in gpus if g.index in chosen
-    )
+    mine = dict(zip(placed.gpus, placed.shares, strict=True))
+    return sum(free_bytes(g, others, reserve) - mine[g.index] for g in gpus if g.index in mine)
 
 
 def _cheapest_eviction(

@@ -18,9 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from .base import Instance, InstanceState, LaunchSpec, RuntimeUnavailable, StartError
+from .health import answers_200
 from .ray_actor import BackendSpec
 from .ray_driver import CREATE_TIMEOUT, StartRequest
 from .ray_link import RayLink
@@ -97,13 +96,7 @@ class RayRuntime:
     async def healthy(self, instance: Instance) -> bool:
         if instance.endpoint is None:
             return False
-        path = self._health.get(instance.ident, "/")
-        try:
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                response = await client.get(instance.endpoint + path)
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await answers_200(instance.endpoint + self._health.get(instance.ident, "/"))
 
     async def close(self) -> None:
         await self.link.close()

@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from .base import Prepare, render_command
+from .health import answers_200, health_client
 from .process import tail
 
 #: Bumped when the controller/actor contract changes: an actor of another version is reported
@@ -214,15 +213,13 @@ class ModelBackend:
     async def _wait_healthy(self, url: str) -> None:
         assert self._proc is not None
         deadline = time.monotonic() + self.spec.startup_timeout
-        async with httpx.AsyncClient(timeout=2.0) as client:
+        async with health_client() as client:
             while True:
                 code = self._proc.poll()
                 if code is not None:
                     raise RuntimeError(f"backend {_how(code)} before becoming ready")
-                with contextlib.suppress(httpx.HTTPError):
-                    response = await client.get(url + self.spec.health_path)
-                    if response.status_code == 200:
-                        break
+                if await answers_200(url + self.spec.health_path, client):
+                    break
                 if time.monotonic() > deadline:
                     raise RuntimeError(
                         f"{self.spec.health_path} did not answer 200 within "

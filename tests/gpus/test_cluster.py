@@ -9,10 +9,9 @@ from dataclasses import replace
 from reconciler.gpus.cluster import Cluster, ray_gpus, schedule_cluster, schedule_everywhere
 from reconciler.gpus.estimates import NOT_NEEDED
 from reconciler.gpus.eviction import RunningModel
-from reconciler.gpus.scheduler import Placed
 from reconciler.gpus.types import Claim, GiB, GpuInfo
 from reconciler.gpus.vram import Estimate
-from reconciler.planning.planner import Action
+from reconciler.planning.planner import Action, Placement
 from reconciler.runtimes.ray_nodes import NodeGpu, RayNode
 from tests.foundation.planning import desired, desired_model, instance
 
@@ -58,7 +57,7 @@ def test_a_model_goes_to_the_best_fitting_node_that_matches_its_selector() -> No
         "id-worker-b",
     )
     assert action.node.num_gpus == 0.25  # 6 of 24 GiB: Ray is told the share
-    assert action.placement == ((0,), ())
+    assert action.placement is not None and action.placement.gpus == (0,)
     assert result.nodes == {"m": "id-worker-b"}
     assert result.placed["m"].startswith("node worker-b: best fit")
 
@@ -69,7 +68,8 @@ def test_a_model_goes_to_the_best_fitting_node_that_matches_its_selector() -> No
     result = schedule_cluster(
         [start("small")], desired(small), [], cluster, 0, others, {"small": gib(3)}, []
     )
-    assert result.nodes == {"small": A.id} and result.actions[0].placement == ((0,), ())
+    placement = result.actions[0].placement
+    assert result.nodes == {"small": A.id} and placement is not None and placement.gpus == (0,)
 
 
 def test_cpu_models_spread_over_workers_and_skip_the_head() -> None:
@@ -140,11 +140,11 @@ def test_the_cheapest_eviction_across_nodes_makes_room() -> None:
 
 def test_ray_is_asked_for_a_share_of_one_gpu_or_whole_gpus() -> None:
     gpus = (GpuInfo(0, 24 * GiB), GpuInfo(1, 24 * GiB))
-    one = Placed(((1,), ()), (Claim("m", 1, 7 * GiB),))
+    one = Placement((1,), (7 * GiB,))
     assert ray_gpus(one, gpus) == 0.3  # 7/24 = 0.2917, rounded up to a hundredth
-    spread = Placed(((0, 1), ("--tensor-split", "1,1")), (Claim("m", 0, GiB), Claim("m", 1, GiB)))
+    spread = Placement((0, 1), (GiB, GiB), ("--tensor-split", "1,1"))
     assert ray_gpus(spread, gpus) == 2.0
-    assert ray_gpus(Placed((None, ())), gpus) == 0.0
+    assert ray_gpus(Placement(), gpus) == 0.0
 
 
 def test_local_and_cluster_models_are_scheduled_on_their_own_gpus() -> None:
@@ -167,6 +167,8 @@ def test_local_and_cluster_models_are_scheduled_on_their_own_gpus() -> None:
         cluster=cluster,
     )
     placed = {a.model: a for a in result.actions}
-    assert placed["local"].placement == ((0,), ()) and placed["local"].node is None
-    assert placed["remote"].node is not None and placed["remote"].placement == ((1,), ())
+    local_gpus = placed["local"].placement.gpus if placed["local"].placement else None
+    remote_gpus = placed["remote"].placement.gpus if placed["remote"].placement else None
+    assert local_gpus == (0,) and placed["local"].node is None
+    assert placed["remote"].node is not None and remote_gpus == (1,)
     assert result.nodes == {"remote": A.id}
