@@ -17,8 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.units import format_size
+
 from .config import HubSettings
-from .disk import format_bytes
 from .download import Progress, ensure_downloaded
 from .resolve import resolve
 
@@ -54,7 +55,7 @@ def fetch_on_node(hub: HubWeights, note: Callable[[str], None]) -> dict[str, str
 
     def progress(p: Progress) -> None:
         share = f" ({100 * p.done // p.total}%)" if p.total else ""
-        note(f"downloading {format_bytes(p.done)} of {format_bytes(p.total)}{share}")
+        note(f"downloading {format_size(p.done)} of {format_size(p.total)}{share}")
 
     result = ensure_downloaded(cache, resolution, settings, progress=progress)
     path = Path(result.model_path)

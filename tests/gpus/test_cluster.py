@@ -9,10 +9,11 @@ from dataclasses import replace
 from reconciler.gpus.cluster import Cluster, ray_gpus, schedule_cluster, schedule_everywhere
 from reconciler.gpus.estimates import NOT_NEEDED
 from reconciler.gpus.eviction import RunningModel
-from reconciler.gpus.types import Claim, GiB, GpuInfo
+from reconciler.gpus.types import Claim, GpuInfo
 from reconciler.gpus.vram import Estimate
 from reconciler.planning.planner import Action, Placement
 from reconciler.runtimes.ray_nodes import NodeGpu, RayNode
+from reconciler.units import GiB
 from tests.foundation.planning import desired, desired_model, instance
 
 
