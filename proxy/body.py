@@ -15,6 +15,7 @@ import msgspec
 import multipart
 
 from proxy.errors import ProxyError, bad_request
+from proxy.hints import NONE, ClientHints, read_hints
 
 MAX_MODEL_NAME = 256
 _decoder = msgspec.json.Decoder()
@@ -29,6 +30,7 @@ class ApiRequest:
     stream: bool
     x_priority: object | None
     content: bytes
+    hints: ClientHints = NONE  # x_client_id, x_stay_warm, x_cooldown (proxy/hints.py)
 
 
 def _json_type(value: object) -> str:
@@ -81,7 +83,8 @@ def parse_json_request(raw: bytes) -> ApiRequest:
     content = raw
     if any(key.startswith("x_") for key in body):
         content = _encoder.encode({k: v for k, v in body.items() if not k.startswith("x_")})
-    return ApiRequest(model, body.get("stream") is True, body.get("x_priority"), content)
+    hints = read_hints(body)
+    return ApiRequest(model, body.get("stream") is True, body.get("x_priority"), content, hints)
 
 
 # --- multipart ------------------------------------------------------------------------------------

@@ -13,11 +13,11 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from proxy.gateway import PRIORITIES
+from proxy.gateway import PRIORITIES, ModelRoute
 
 Admission = Literal["run", "wait", "reject"]
 
@@ -167,6 +167,25 @@ class ModelQueue:
     @property
     def idle(self) -> bool:
         return self.in_flight == 0 and self.queued == 0
+
+
+def queue_json(routes: Sequence[ModelRoute], stats: Mapping[str, QueueStats]) -> dict[str, object]:
+    """``GET /v1/queue`` (as Model Boss serves it): each model's waiting and in-flight requests
+    and its concurrency, with the totals."""
+    models = {}
+    for route in routes:
+        now = stats.get(route.name) or QueueStats(0, 0)
+        models[route.name] = {
+            "queued": now.queued,
+            "inFlight": now.in_flight,
+            "maxConcurrency": route.max_concurrency,
+            "phase": str(route.phase),
+        }
+    return {
+        "queued": sum(m["queued"] for m in models.values()),
+        "inFlight": sum(m["inFlight"] for m in models.values()),
+        "models": models,
+    }
 
 
 class Queues:

@@ -165,6 +165,7 @@ function modelCells(model, now) {
     tags.push(`<span class="tag" title="priority">${esc(model.priority)}</span>`);
   }
   if (model.runtime) tags.push(`<span class="tag">${esc(model.runtime)}</span>`);
+  if (model.node) tags.push(`<span class="tag" title="cluster node">on ${esc(model.node)}</span>`);
   if (model.quantization) tags.push(`<span class="tag">${esc(model.quantization)}</span>`);
   // the manifest in force: its file name and position (the whole path on hover)
   const where = model.where ? `<div class="where" title="${esc(model.where)}">${esc(model.where.split("/").pop())}</div>` : "";

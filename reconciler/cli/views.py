@@ -151,6 +151,7 @@ def ps_table(models: Sequence[Mapping[str, Any]], now: float) -> Table:
             continue
         gpus = row.get("gpus") or []
         where = f"GPU {','.join(map(str, gpus))}" if gpus else "CPU"
+        where += f" on {row['node']}" if row.get("node") else ""
         size = row.get("vram") if row.get("vram") is not None else row.get("size")
         table.add_row(
             escape(row["name"]),

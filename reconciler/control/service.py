@@ -174,6 +174,9 @@ class Service:
                 created=self._created.setdefault(name, int(time.time())),
                 labels=dict(model.labels),
                 node=nodes.get(name, ""),
+                loading_as_reasoning=desired.node.proxy.loading_as_reasoning
+                if model.spec.loading_as_reasoning is None
+                else model.spec.loading_as_reasoning,
             )
             listing.append(route)
             routes[name] = route

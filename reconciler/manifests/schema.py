@@ -152,6 +152,9 @@ class ModelSpec(Strict):
     image_pull: ImagePull | None = None
     container: ContainerSpec | None = None
     suspend: bool = Field(False, description="Freeze this model as it is.")
+    loading_as_reasoning: bool | None = Field(
+        None, description="Overrides Node.proxy.loadingAsReasoning for this model."
+    )
     node_selector: dict[str, str] = Field(
         default_factory=dict,
         description="Ray runtime: run only on nodes whose Ray labels have these values "
@@ -214,6 +217,11 @@ class ProxySpec(Strict):
         300.0, description="Longest wait for a slot or for room on the GPUs; then 503."
     )
     loading_comment_interval: Duration = 5.0
+    loading_as_reasoning: bool = Field(
+        False,
+        description="A streaming chat completion that waits for its model gets the loading "
+        "progress as reasoning_content deltas (shown by chat UIs) instead of SSE comments.",
+    )
     max_stay_warm: Duration = Field(
         3600.0,
         description="The longest a request's x_stay_warm may keep its model loaded after it "
