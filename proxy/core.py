@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from proxy.cooldown import ClientCooldowns
 from proxy.forward import BackendPool
 from proxy.gateway import Gateway
 from proxy.metrics import ProxyMetrics
@@ -20,6 +21,7 @@ class ProxyCore:
     metrics: ProxyMetrics
     waker: Waker
     pool: BackendPool
+    cooldowns: ClientCooldowns = field(default_factory=ClientCooldowns)  # x_cooldown
 
     @classmethod
     def build(cls, gateway: Gateway, settings: ProxySettings) -> ProxyCore:

@@ -120,6 +120,17 @@ def queue_full(model: str, queued: int, retry_after: float) -> ProxyError:
     )
 
 
+def cooling_down(client: str, left: float) -> ProxyError:
+    """``x_cooldown``: this client asked for its requests to be spaced out."""
+    return ProxyError(
+        429,
+        f"client `{client}` asked for x_cooldown: next request in {left:.1f} s",
+        "rate_limit_error",
+        "cooldown",
+        retry_after=max(1, math.ceil(left)),
+    )
+
+
 def queue_timeout(model: str, waited: float, retry_after: float) -> ProxyError:
     return ProxyError(
         503,

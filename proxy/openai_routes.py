@@ -33,7 +33,9 @@ from proxy.core import ProxyCore
 from proxy.errors import ProxyError
 from proxy.forward import BrokenReply, Relayed, classify, is_sse, pump, relay, request_headers
 from proxy.gateway import ModelRoute, Phase, Unavailable
-from proxy.queueing import QueueFull, QueueTimeout, resolve_priority
+from proxy.hints import ClientHints
+from proxy.loading import progress_text, reasoning_event
+from proxy.queueing import QueueFull, QueueTimeout, queue_json, resolve_priority
 from proxy.request import (
     DISCONNECTED,
     Exchange,
@@ -90,6 +92,8 @@ class OpenAIRoutes:
         method = scope["method"]
         if method == "POST":
             await self._handle(scope, receive, send, path, upstream=False)
+        elif method in ("GET", "HEAD") and path in (b"/v1/queue", b"/v1/queue/"):
+            await self._queue(scope, send)
         elif method in ("GET", "HEAD") and (path in (b"/v1/models", b"/v1/models/")):
             await self._models(scope, send, None)
         elif method in ("GET", "HEAD") and path.startswith(b"/v1/models/"):
@@ -129,6 +133,19 @@ class OpenAIRoutes:
             await down.fail(error)
             return
         await down.respond_json(200, msgspec.json.encode(body))
+
+    async def _queue(self, scope: Scope, send: Send) -> None:
+        """``GET /v1/queue`` (Model Boss): waiting and in-flight requests per model the key
+        may reach."""
+        down = Downstream(_no_receive, send)
+        try:
+            access = self._authenticate(scope)
+        except ProxyError as error:
+            await down.fail(error)
+            return
+        routes = [r for r in self.gateway.routes() if access.may_reach(r)]
+        view = queue_json(routes, self.core.queues.stats())
+        await down.respond_json(200, msgspec.json.encode(view))
 
     # --- proxied requests ---------------------------------------------------------------------
 
@@ -191,6 +208,7 @@ class OpenAIRoutes:
             request = parse_json_request(await down.read_body(limit))
             ex.requested, content = request.model, request.content
             stream, x_priority = request.stream, request.x_priority
+            self._apply_hints(ex, request.hints)
         route = self._route(ex.requested, access)
         ex.model = route.name
         try:
@@ -204,6 +222,16 @@ class OpenAIRoutes:
             None if isinstance(content, bytes) else picked.content_length,
         )
         await self._serve(down, ex, route, priority, stream, outgoing)
+
+    def _apply_hints(self, ex: Exchange, hints: ClientHints) -> None:
+        """Model Boss's fields: who asks (logged instead of the address), its cooldown, and how
+        long the model should stay loaded after this request."""
+        if hints.client_id:
+            ex.client = hints.client_id
+        left = self.core.cooldowns.check(ex.client, hints.cooldown, time.time())
+        if left is not None:
+            raise errors.cooling_down(ex.client, left)
+        ex.stay_warm = hints.stay_warm
 
     async def _upstream(self, scope: Scope, down: Downstream, ex: Exchange, path: bytes) -> None:
         rest = path[len(b"/upstream/") :]
@@ -270,7 +298,8 @@ class OpenAIRoutes:
     ) -> None:
         """Wake, queue, forward; ``begin_request``/``end_request`` bracket the forwarding."""
         name = route.name
-        endpoint = await self._ready_endpoint(down, route, stream)
+        reasoning = route.loading_as_reasoning and ex.path.startswith("/v1/chat/completions")
+        endpoint = await self._ready_endpoint(down, route, stream, reasoning)
         queue = self.core.queues.get(name)
         limit = route.max_concurrency
         waiting = queue.acquire(
@@ -291,14 +320,19 @@ class OpenAIRoutes:
             endpoint = await self._recheck(down, name, endpoint)
             await self._forward(down, ex, name, endpoint, outgoing)
         finally:
+            if ex.stay_warm:  # before end_request: a stayWarm 0 model must not go first
+                self.gateway.stay_warm(name, ex.stay_warm)
             self.gateway.end_request(name)
             queue.release(limit, time.perf_counter() - slot_start)
 
     # --- wake ---------------------------------------------------------------------------------
 
-    async def _ready_endpoint(self, down: Downstream, route: ModelRoute, stream: bool) -> str:
+    async def _ready_endpoint(
+        self, down: Downstream, route: ModelRoute, stream: bool, reasoning: bool = False
+    ) -> str:
         """The endpoint of a Ready model at once; else wake it (a stream starts its SSE reply
-        now and gets ``: loading`` comments while it waits)."""
+        now and gets ``: loading`` comments while it waits, or with ``reasoning`` the progress
+        as ``reasoning_content`` deltas a chat UI shows: proxy/loading.py)."""
         if route.phase == Phase.READY and route.endpoint:
             return route.endpoint
         future = self.core.waker.pending(route.name)
@@ -311,7 +345,10 @@ class OpenAIRoutes:
             async with asyncio.timeout(limit):
                 if down.started:
                     return await self._with_comments(
-                        down, f"loading {route.name}", asyncio.shield(future)
+                        down,
+                        f"loading {route.name}",
+                        asyncio.shield(future),
+                        reasoning_for=route.name if reasoning else None,
                     )
                 return await asyncio.shield(future)
         except Unavailable as exc:
@@ -331,11 +368,23 @@ class OpenAIRoutes:
             return route.endpoint
         return await self._ready_endpoint(down, route, stream=False)
 
-    async def _with_comments(self, down: Downstream, what: str, awaitable: Awaitable[T]) -> T:
+    async def _with_comments(
+        self,
+        down: Downstream,
+        what: str,
+        awaitable: Awaitable[T],
+        reasoning_for: str | None = None,
+    ) -> T:
         """Await ``awaitable`` while a side task sends ``: <what> (N s)`` comments on the open
-        stream. The awaiting happens here, in the request's task, so a disconnect cancels it
-        exactly as it would without comments."""
-        ticker = asyncio.get_running_loop().create_task(self._tick(down, what))
+        stream (``reasoning_content`` deltas for the model ``reasoning_for`` instead). The
+        awaiting happens here, in the request's task, so a disconnect cancels it exactly as it
+        would without comments."""
+        tick = (
+            self._tick(down, what)
+            if reasoning_for is None
+            else self._tick_reasoning(down, reasoning_for)
+        )
+        ticker = asyncio.get_running_loop().create_task(tick)
         try:
             return await awaitable
         finally:
@@ -346,6 +395,15 @@ class OpenAIRoutes:
         start = time.monotonic()
         while True:
             await down.comment(f"{what} ({time.monotonic() - start:.0f} s)")
+            await asyncio.sleep(self.settings.loading_comment_interval)
+
+    async def _tick_reasoning(self, down: Downstream, model: str) -> None:
+        start = time.monotonic()
+        first = True
+        while True:
+            waited = time.monotonic() - start
+            await down.send(reasoning_event(model, progress_text(model, waited, first)))
+            first = False
             await asyncio.sleep(self.settings.loading_comment_interval)
 
     # --- forwarding ---------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class Exchange:
     status: int = 0  # the outcome when it differs from the status sent (499, 502 mid-stream)
     usage: Usage | None = None
     streamed: bool = False
+    stay_warm: float | None = None  # x_stay_warm: seconds the model stays loaded after this
 
 
 @dataclass(slots=True)

@@ -47,6 +47,7 @@ class FakeGateway:
         self.unbalanced: list[str] = []  # end_request without a begin_request
         self.failures: list[tuple[str, str]] = []
         self.records: list[RequestRecord] = []
+        self.warm: list[tuple[str, float]] = []  # stay_warm calls (x_stay_warm)
         self.ready: tuple[bool, str] = (True, "first pass done")
         self.event_log: list[dict[str, Any]] = []
         self._subscribers: list[asyncio.Queue[dict[str, Any]]] = []
@@ -143,6 +144,9 @@ class FakeGateway:
         self.in_flight[model] -= 1
         if self.in_flight[model] < 0:
             self.unbalanced.append(model)
+
+    def stay_warm(self, model: str, seconds: float) -> None:
+        self.warm.append((model, seconds))
 
     def backend_failed(self, model: str, reason: str) -> None:
         self.failures.append((model, reason))
