@@ -67,7 +67,13 @@ AllowEmpty = Annotated[
 
 
 def main() -> None:
-    app()
+    from reconciler.state.store import StateDatabaseError
+
+    try:
+        app()
+    except StateDatabaseError as exc:  # any command: the reason and the way out, exit 1
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(1)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -544,11 +550,50 @@ def mirror(
     raise typer.Exit(mirror_command(directory, listen, token_file, out, err))
 
 
+@app.command("reset-db")
+def reset_db(
+    directory: DirOption = Path(DEFAULT_DIR),
+    state_dir: Annotated[
+        Path | None, typer.Option(help="The state directory (else found as the others do).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Start a new one even if it is healthy.")] = False,
+) -> None:
+    """Move a corrupt state database aside and start a new one; running models keep running
+    and are adopted again. The old file is kept; what can still be read of it is copied."""
+    from .state import reset_db_command
+
+    raise typer.Exit(_run(reset_db_command(directory, state_dir, force, out, err)))
+
+
 @app.command("hash-key")
-def hash_key(key: str) -> None:
-    """Print the sha256 of an API key, for Node.apiKeys (the key itself never goes in a file)."""
+def hash_key(
+    key: Annotated[
+        str | None,
+        typer.Argument(help="Leave it out: a key on the command line shows in ps and history."),
+    ] = None,
+) -> None:
+    """Print the sha256 of an API key, for Node.apiKeys (the key itself never goes in a file).
+
+    The key is read from stdin (``modelplane hash-key < keyfile``), or at a prompt that does not
+    echo it on a terminal.
+    """
+    import getpass
     import hashlib
 
+    if key is not None:
+        err.print(
+            "warning: a key on the command line shows in ps and the shell's history; "
+            "pipe it in instead (modelplane hash-key < keyfile)",
+            markup=False,
+            style="yellow",
+        )
+    elif sys.stdin.isatty():
+        key = getpass.getpass("API key: ")
+    else:
+        key = sys.stdin.readline().rstrip("\r\n")
+    if not key:
+        err.print("no key given: pipe it in (modelplane hash-key < keyfile)", markup=False)
+        raise typer.Exit(1)
     sys.stdout.write(hashlib.sha256(key.encode()).hexdigest() + "\n")
 
 

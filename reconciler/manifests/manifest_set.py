@@ -125,7 +125,7 @@ def resolve(
     for mfile in files:
         if mfile.parse_error:
             result.errors.append(mfile.parse_error)
-            candidates += _fallbacks(last, mfile.path, set(), mfile.parse_error)
+            candidates += _fallbacks(last, mfile, set(), mfile.parse_error)
             continue
         result.documents_seen += len(mfile.documents)
         present: set[Key] = set()
@@ -145,7 +145,7 @@ def resolve(
                 unnamed_error = unnamed_error or raw.errors[0]
         if unnamed_error:
             # A broken document we cannot name may be any one this file held: keep them all.
-            candidates += _fallbacks(last, mfile.path, present, unnamed_error)
+            candidates += _fallbacks(last, mfile, present, unnamed_error)
     _cross_check(candidates, last, result, set(gpu_indices) if gpu_indices is not None else None)
     result.errors.sort()
     return result
@@ -165,11 +165,12 @@ def _fallback(stored: StoredDocument, error: ManifestError) -> InForce | None:
 
 
 def _fallbacks(
-    last: Mapping[Key, StoredDocument], path: str, present: set[Key], error: ManifestError
+    last: Mapping[Key, StoredDocument], mfile: ManifestFile, present: set[Key], error: ManifestError
 ) -> list[InForce]:
+    """The last valid versions of what ``mfile`` (a file, or an unreadable folder) held."""
     kept = []
     for key, stored in sorted(last.items()):
-        if stored.path == path and key not in present:
+        if mfile.holds(stored.path) and key not in present:
             item = _fallback(stored, error)
             if item:
                 kept.append(item)

@@ -4,11 +4,17 @@ The runtimes (labels, pid files) are the truth about what runs; this database re
 generations, events, the last valid version of each manifest document, per-model activity and the
 request log. The schema version lives in ``PRAGMA user_version``; each migration runs once, in a
 transaction, so a crash mid-migration leaves the previous version intact.
+
+A database that cannot be used (corrupt, not a database) is found at open (``PRAGMA
+quick_check``) and raised as :class:`StateDatabaseError`, whose message says the way out
+(``modelplane reset-db``, :mod:`.recovery`); the connection is closed first, so the process can
+exit instead of waiting on aiosqlite's thread.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -108,6 +114,29 @@ MIGRATIONS: list[str] = [
 ]
 
 
+class StateDatabaseError(sqlite3.DatabaseError):
+    """The state database cannot be opened or used; ``str()`` says why and what to do."""
+
+    def __init__(self, path: Path, problem: str, corrupt: bool) -> None:
+        self.path = path
+        self.problem = problem
+        self.corrupt = corrupt
+        if corrupt:
+            advice = (
+                f"move it aside and start a new one with `modelplane reset-db --state-dir "
+                f"{path.parent}` (it keeps the old file beside it and what can still be read "
+                "of it; running models keep running and are adopted again)"
+            )
+        else:
+            advice = "check the state directory's permissions and free space"
+        super().__init__(f"the state database {path} cannot be used: {problem}; {advice}")
+
+
+def is_corruption(exc: sqlite3.Error) -> bool:
+    """A damaged file (SQLITE_CORRUPT, SQLITE_NOTADB), not a busy or read-only database."""
+    return getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
 @dataclass(frozen=True)
 class Event:
     id: int
@@ -169,17 +198,36 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path) -> Store:
+        """Open (or create) the database, check it and bring its schema up to date.
+
+        Raises :class:`StateDatabaseError` when it cannot be used.
+        """
         store = cls(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         store._db = await aiosqlite.connect(path, isolation_level=None)
-        store._db.row_factory = aiosqlite.Row
-        await store._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a crash of modelplane loses nothing committed; only a power loss
-        # may lose the last transactions, never corrupt the file.
-        await store._db.execute("PRAGMA synchronous=NORMAL")
-        await store._db.execute("PRAGMA busy_timeout=5000")
-        await store._migrate()
+        try:
+            store._db.row_factory = aiosqlite.Row
+            await store._db.execute("PRAGMA busy_timeout=5000")
+            await store._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode: a crash of modelplane loses nothing committed; only a power
+            # loss may lose the last transactions, never corrupt the file.
+            await store._db.execute("PRAGMA synchronous=NORMAL")
+            await store._check()
+            await store._migrate()
+        except BaseException as exc:
+            await store.close()
+            if isinstance(exc, sqlite3.Error) and not isinstance(exc, StateDatabaseError):
+                raise StateDatabaseError(path, str(exc), is_corruption(exc)) from None
+            raise
         return store
+
+    async def _check(self) -> None:
+        """``PRAGMA quick_check``: every page readable and well-formed (indexes aside)."""
+        async with self.db.execute("PRAGMA quick_check") as cur:
+            problems = [str(row[0]) for row in await cur.fetchall()]
+        if problems != ["ok"]:
+            shown = "; ".join(problems[:3]) + (" …" if len(problems) > 3 else "")
+            raise StateDatabaseError(self.path, f"it is corrupt ({shown})", corrupt=True)
 
     async def close(self) -> None:
         if self._db is not None:
