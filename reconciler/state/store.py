@@ -8,18 +8,20 @@ transaction, so a crash mid-migration leaves the previous version intact.
 A database that cannot be used (corrupt, not a database) is found at open (``PRAGMA
 quick_check``) and raised as :class:`StateDatabaseError`, whose message says the way out
 (``modelplane reset-db``, :mod:`.recovery`); the connection is closed first, so the process can
-exit instead of waiting on aiosqlite's thread.
+exit instead of waiting on aiosqlite's thread. Damage found later, by a method that reads or
+writes a damaged page, is kept in ``Store.fault`` (``/readyz`` reports it).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -132,9 +134,28 @@ class StateDatabaseError(sqlite3.DatabaseError):
         super().__init__(f"the state database {path} cannot be used: {problem}; {advice}")
 
 
-def is_corruption(exc: sqlite3.Error) -> bool:
+def is_corruption(exc: BaseException) -> bool:
     """A damaged file (SQLITE_CORRUPT, SQLITE_NOTADB), not a busy or read-only database."""
     return getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
+Method = TypeVar("Method", bound=Callable[..., Awaitable[Any]])
+
+
+def _notes_corruption(method: Method) -> Method:
+    """A store method that remembers, in ``store.fault``, finding the file damaged: a database
+    corrupt in one table still opens and serves the others, and ``/readyz`` must say so."""
+
+    @functools.wraps(method)
+    async def noted(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if is_corruption(exc) and self.fault is None:
+                self.fault = f"the state database {self.path} is corrupt ({exc})"
+            raise
+
+    return noted  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -195,6 +216,7 @@ class Store:
         self.path = path
         self._db: aiosqlite.Connection | None = None
         self.listeners: list[Callable[[Event], None]] = []  # told of each new event
+        self.fault: str | None = None  # set when a method found the file damaged
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -262,6 +284,7 @@ class Store:
                 await self.db.execute("ROLLBACK")
                 raise
 
+    @_notes_corruption
     async def schema_version(self) -> int:
         async with self.db.execute("PRAGMA user_version") as cur:
             row = await cur.fetchone()
@@ -269,6 +292,7 @@ class Store:
 
     # --- events -----------------------------------------------------------------------------
 
+    @_notes_corruption
     async def add_event(self, kind: str, message: str, model: str | None = None) -> Event:
         now = time.time()
         cur = await self.db.execute(
@@ -280,6 +304,7 @@ class Store:
             listener(event)
         return event
 
+    @_notes_corruption
     async def events(
         self, model: str | None = None, limit: int = 100, after_id: int = 0
     ) -> list[Event]:
@@ -297,6 +322,7 @@ class Store:
 
     # --- generations ------------------------------------------------------------------------
 
+    @_notes_corruption
     async def add_generation(
         self,
         digest: str,
@@ -321,6 +347,7 @@ class Store:
         )
         return int(cur.lastrowid or 0)
 
+    @_notes_corruption
     async def generations(self, limit: int = 50) -> list[Generation]:
         async with self.db.execute(
             "SELECT id, time, digest, git_commit, git_branch, git_dirty, outcome, summary"
@@ -342,12 +369,14 @@ class Store:
             for r in rows
         ]
 
+    @_notes_corruption
     async def last_generation(self) -> Generation | None:
         found = await self.generations(limit=1)
         return found[0] if found else None
 
     # --- last valid documents ----------------------------------------------------------------
 
+    @_notes_corruption
     async def documents(self) -> dict[Key, StoredDocument]:
         async with self.db.execute("SELECT kind, name, path, line, body FROM documents") as cur:
             rows = await cur.fetchall()
@@ -355,6 +384,7 @@ class Store:
             (r[0], r[1]): StoredDocument(r[0], r[1], r[2], r[3], json.loads(r[4])) for r in rows
         }
 
+    @_notes_corruption
     async def replace_documents(self, documents: Iterable[StoredDocument]) -> None:
         """Remember exactly the documents in force now (one transaction)."""
         rows = [(d.kind, d.name, d.path, d.line, json.dumps(d.body)) for d in documents]
@@ -369,6 +399,7 @@ class Store:
             await self.db.execute("ROLLBACK")
             raise
 
+    @_notes_corruption
     async def update_generation(
         self, generation_id: int, outcome: str, summary: Mapping[str, Any] | None = None
     ) -> None:
@@ -385,6 +416,7 @@ class Store:
 
     # --- per-model state that outlives a process (failures) -----------------------------------
 
+    @_notes_corruption
     async def set_model_state(
         self, model: str, phase: str, reason: str | None = None, retry_at: float | None = None
     ) -> None:
@@ -395,9 +427,11 @@ class Store:
             (model, phase, reason, time.time(), retry_at),
         )
 
+    @_notes_corruption
     async def clear_model_state(self, model: str) -> None:
         await self.db.execute("DELETE FROM model_state WHERE model = ?", (model,))
 
+    @_notes_corruption
     async def model_states(self) -> dict[str, ModelState]:
         async with self.db.execute(
             "SELECT model, phase, reason, since, retry_at FROM model_state"
@@ -407,6 +441,7 @@ class Store:
 
     # --- manual overrides ----------------------------------------------------------------------
 
+    @_notes_corruption
     async def set_override(self, model: str, action: str, manifest: str) -> Override:
         override = Override(model, action, manifest, time.time())
         await self.db.execute(
@@ -417,9 +452,11 @@ class Store:
         )
         return override
 
+    @_notes_corruption
     async def clear_override(self, model: str) -> None:
         await self.db.execute("DELETE FROM overrides WHERE model = ?", (model,))
 
+    @_notes_corruption
     async def overrides(self) -> dict[str, Override]:
         async with self.db.execute("SELECT model, action, manifest, time FROM overrides") as cur:
             rows = await cur.fetchall()
@@ -427,6 +464,7 @@ class Store:
 
     # --- activity and requests ---------------------------------------------------------------
 
+    @_notes_corruption
     async def set_last_used(self, used: Mapping[str, float]) -> None:
         """Record idle clocks (batched by the service) so a restart continues them."""
         await self.db.executemany(
@@ -435,6 +473,7 @@ class Store:
             list(used.items()),
         )
 
+    @_notes_corruption
     async def touch(self, model: str, when: float | None = None) -> None:
         await self.db.execute(
             "INSERT INTO activity (model, last_used, requests) VALUES (?, ?, 1)"
@@ -443,11 +482,13 @@ class Store:
             (model, when or time.time()),
         )
 
+    @_notes_corruption
     async def last_used(self) -> dict[str, float]:
         async with self.db.execute("SELECT model, last_used FROM activity") as cur:
             rows = await cur.fetchall()
         return {r[0]: r[1] for r in rows if r[1] is not None}
 
+    @_notes_corruption
     async def add_requests(self, rows: Iterable[Mapping[str, Any]]) -> None:
         columns = (
             "time",
@@ -474,6 +515,7 @@ class Store:
             await self.db.execute("ROLLBACK")
             raise
 
+    @_notes_corruption
     async def request_count(self, model: str | None = None) -> int:
         query, params = "SELECT COUNT(*) FROM requests", []
         if model:
