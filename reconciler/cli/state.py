@@ -12,28 +12,14 @@ from pathlib import Path
 from rich.console import Console
 
 from reconciler.control.controller import Controller
-from reconciler.manifests import manifest_set as manifest_sets
-from reconciler.manifests.schema import NodeSpec
-from reconciler.state import paths
 from reconciler.state.recovery import reset_database
 from reconciler.state.store import StateDatabaseError, Store
 
 
-def database_of(directory: Path, state_dir: Path | None) -> Path:
-    """The database the other commands would open for ``directory`` (or in ``state_dir``)."""
-    if state_dir is None:
-        try:
-            node = manifest_sets.load(directory).node
-        except FileNotFoundError:
-            node = NodeSpec()
-        state_dir = paths.state_dir(node)
-    return state_dir / "modelplane.db"
-
-
 async def reset_db_command(
-    directory: Path, state_dir: Path | None, force: bool, out: Console, err: Console
+    manifests: Path | None, state_dir: Path, force: bool, out: Console, err: Console
 ) -> int:
-    database = database_of(directory, state_dir)
+    database = state_dir / "modelplane.db"
     if not database.exists():
         out.print(f"no state database at {database}: nothing to do", markup=False)
         return 0
@@ -53,13 +39,13 @@ async def reset_db_command(
             return 0
     reset = await reset_database(database)
     out.print(f"new state database at {database}; the old one was {reset.summary()}", markup=False)
-    await _adoptable(directory, database.parent, out, err)
+    await _adoptable(manifests, state_dir, out, err)
     return 0
 
 
-async def _adoptable(directory: Path, state_dir: Path, out: Console, err: Console) -> None:
+async def _adoptable(manifests: Path | None, state_dir: Path, out: Console, err: Console) -> None:
     """The backends that run now: the next ``modelplane run`` adopts them as they are."""
-    async with await Controller.open(directory, state_dir) as controller:
+    async with await Controller.open(manifests or Path("manifests"), state_dir) as controller:
         try:
             _, desired = await controller.load(online=False)
             names = {"process", desired.node.runtime, *(m.runtime for m in desired.models.values())}
