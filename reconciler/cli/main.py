@@ -35,6 +35,7 @@ from reconciler.manifests import manifest_set as manifest_sets
 from reconciler.manifests.loader import ManifestError
 from reconciler.manifests.schema import json_schema
 from reconciler.state import run_record
+from reconciler.state.lock import StateLock
 from reconciler.state.store import Store
 
 from . import views
@@ -79,11 +80,12 @@ AllowEmpty = Annotated[
 
 
 def main() -> None:
+    from reconciler.state.lock import StateDirLocked
     from reconciler.state.store import StateDatabaseError
 
     try:
         app()
-    except StateDatabaseError as exc:  # any command: the reason and the way out, exit 1
+    except (StateDatabaseError, StateDirLocked) as exc:  # the reason and the way out, exit 1
         err.print(f"error: {exc}", markup=False)
         sys.exit(1)
     except ServiceError as exc:  # the service refused (a bad key, an unknown model)
@@ -234,7 +236,9 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
         nonlocal pull_warning
         notifications = EventNotifications()
         async with await Controller.open(directory) as controller:
+            lock = StateLock(controller.state_dir)
             try:
+                lock.acquire()  # one apply (or run) per state directory
                 manifests = manifest_sets.load(directory, await controller.store.documents())
                 node_name = manifests.node_doc.name if manifests.node_doc else None
                 notifications.configure(manifests.node.notify, node_name)
@@ -250,6 +254,7 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
                 )
                 return result
             finally:
+                lock.release()
                 await notifications.aclose()
 
     started = time.monotonic()
@@ -357,23 +362,26 @@ def down(directory: FindOption = None) -> None:
 async def _down_offline(found: Located) -> tuple[int, dict[str, str]]:
     directory = found.manifests or Path(DEFAULT_DIR)
     async with await Controller.open(directory, found.state_dir) as controller:
-        try:
-            _, desired = await controller.load(online=False, persist=False)
-            names = {"process", desired.node.runtime}
-            names |= {m.runtime for m in desired.models.values()}
-        except FileNotFoundError:
-            names = {"process"}
-        instances, unavailable = await controller.runtimes.list(names)
-        stopped = 0
-        for inst in instances:
-            if inst.managed:
-                await controller.runtimes.get(inst.runtime).stop(inst)
-                await controller.store.add_event(
-                    "Stopped", "stopped by modelplane down", inst.model
-                )
-                out.print(f"stopped {inst.model} ({inst.runtime} {inst.ident})", markup=False)
-                stopped += 1
-        return stopped, unavailable
+        with StateLock(controller.state_dir):  # not while an apply starts them
+            return await _stop_all(controller)
+
+
+async def _stop_all(controller: Controller) -> tuple[int, dict[str, str]]:
+    try:
+        _, desired = await controller.load(online=False, persist=False)
+        names = {"process", desired.node.runtime}
+        names |= {m.runtime for m in desired.models.values()}
+    except FileNotFoundError:
+        names = {"process"}
+    instances, unavailable = await controller.runtimes.list(names)
+    stopped = 0
+    for inst in instances:
+        if inst.managed:
+            await controller.runtimes.get(inst.runtime).stop(inst)
+            await controller.store.add_event("Stopped", "stopped by modelplane down", inst.model)
+            out.print(f"stopped {inst.model} ({inst.runtime} {inst.ident})", markup=False)
+            stopped += 1
+    return stopped, unavailable
 
 
 def _wait_exit(pid: int, timeout: float = 60.0) -> None:

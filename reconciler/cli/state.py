@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from reconciler.control.controller import Controller
+from reconciler.state.lock import StateLock
 from reconciler.state.recovery import reset_database
 from reconciler.state.store import StateDatabaseError, Store
 
@@ -37,7 +38,8 @@ async def reset_db_command(
                 markup=False,
             )
             return 0
-    reset = await reset_database(database)
+    with StateLock(state_dir):  # never from under a run or an apply
+        reset = await reset_database(database)
     out.print(f"new state database at {database}; the old one was {reset.summary()}", markup=False)
     await _adoptable(manifests, state_dir, out, err)
     return 0

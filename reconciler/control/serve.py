@@ -33,6 +33,7 @@ from reconciler.gpus.inventory import GpuCollector
 from reconciler.manifests.schema import ProxySpec
 from reconciler.ops.systemd import SystemdNotifier
 from reconciler.state import run_record
+from reconciler.state.lock import StateLock
 
 from .controller import Controller
 from .service import Service
@@ -81,12 +82,17 @@ async def serve(
     # Read (and removed from the environment) first: backends started later must not inherit it.
     notifier = SystemdNotifier.from_environ()
     controller = await Controller.open(directory)
+    lock = StateLock(controller.state_dir)  # one run (or apply) per state directory
     try:
+        lock.acquire()
         manifests, _ = await controller.load(online=False)
     except FileNotFoundError as exc:
         log.error("%s", exc)
         await controller.close()
         return 1
+    except BaseException:  # (StateDirLocked: the CLI says who holds it)
+        await controller.close()
+        raise
     node = manifests.node
     host, port = split_listen(listen or node.listen)
     if not node.api_keys and not is_loopback(host):
@@ -100,6 +106,7 @@ async def serve(
         log.info("no apiKeys: open access, on loopback only (%s)", host)
 
     service = Service(controller, allow_empty=allow_empty)
+    service.started_with(node, host, is_loopback(host), listen_fixed_by_flag=listen is not None)
     token = run_record.new_admin_token(controller.state_dir)
     service.admin_key = ApiKey("modelplane-cli", hashlib.sha256(token.encode()).hexdigest())
     systemd = SystemdReporter(notifier, service)
@@ -149,6 +156,7 @@ async def serve(
     finally:
         run_record.mark_stopped(controller.state_dir)
         await systemd.stop()
+        lock.release()
     return 0 if server.started else 1
 
 

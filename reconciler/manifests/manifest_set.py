@@ -152,6 +152,20 @@ def resolve(
     return result
 
 
+def last_set(
+    last: Mapping[Key, StoredDocument],
+    reason: ManifestError,
+    gpu_indices: Iterable[int] | None = None,
+) -> ManifestSet:
+    """Every last valid document, each ``Stale`` with ``reason``: what stays in force while
+    the directory holds no Model at all (emptied, or unreadable), so the prune guard keeps the
+    whole set — routing included — instead of an empty one. Pure."""
+    result = ManifestSet(errors=[reason])
+    candidates = [item for _, stored in sorted(last.items()) if (item := _fallback(stored, reason))]
+    _cross_check(candidates, last, result, set(gpu_indices) if gpu_indices is not None else None)
+    return result
+
+
 def _in_force(raw: RawDocument) -> InForce:
     assert raw.doc is not None
     return InForce(raw.kind, raw.name, raw.path, raw.line, raw.col, raw.doc, raw.body)
