@@ -5,15 +5,29 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sqlite3
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from reconciler.state.lock import holder
+from tests.helpers.database import damage_table
 from tests.helpers.privileges import permission_bits_bind
 
-from .conftest import Cli, ManifestDir, fake_engine_doc, model_doc, pid_alive, records
+from .conftest import (
+    FAKEBACKEND,
+    REPO,
+    Cli,
+    ManifestDir,
+    fake_engine_doc,
+    model_doc,
+    pid_alive,
+    records,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -144,17 +158,6 @@ def test_bad_aliases_are_refused_and_never_listed(cli: Cli, manifests: ManifestD
 # --- a corrupt state database (item 6) -----------------------------------------------------------
 
 
-def _damage(database: Path, table: str) -> None:
-    """Overwrite ``table``'s root page with garbage, as a failing disk would."""
-    db = sqlite3.connect(database)
-    page_size = db.execute("PRAGMA page_size").fetchone()[0]
-    [root] = db.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()
-    db.close()
-    with database.open("r+b") as handle:
-        handle.seek((root - 1) * page_size)
-        handle.write(os.urandom(page_size))
-
-
 @pytest.mark.parametrize("damage", ["not a database", "a damaged page"])
 def test_a_corrupt_database_is_refused_with_the_way_out(
     cli: Cli, manifests: ManifestDir, pinned: str, state_dir: Path, damage: str
@@ -165,7 +168,7 @@ def test_a_corrupt_database_is_refused_with_the_way_out(
     if damage == "not a database":
         database.write_bytes(os.urandom(64 * 1024))
     else:
-        _damage(database, "events")
+        damage_table(database, "events")
     for command in (["status", "--dir"], ["apply"], ["run"]):
         done = cli(*command, manifests.root, timeout=60)  # a hang fails here
         assert done.code == 1, (command, done.output)
@@ -182,13 +185,13 @@ def test_reset_db_keeps_what_reads_and_the_models_keep_running(
     manifests.write("team/m.yaml", model_doc("m", pin=True, stayWarm="soon"))  # now invalid
     assert cli("apply", manifests.root).code == 1  # the last valid version stays in force
     database = state_dir / "modelplane.db"
-    _damage(database, "events")
+    damage_table(database, "events")
 
-    healthy_check = cli("reset-db", "--dir", manifests.root)
-    assert healthy_check.code == 0, healthy_check.output
-    assert "kept: documents 2, overrides 0, activity 0" in healthy_check.stdout
-    assert "unreadable" not in healthy_check.stdout
-    assert f"running: {pinned} (process {pid})" in healthy_check.stdout
+    reset = cli("reset-db", "--dir", manifests.root)
+    assert reset.code == 0, reset.output
+    assert "kept: documents 2, overrides 0, activity 1" in reset.stdout  # (damage_table's row)
+    assert "unreadable" not in reset.stdout
+    assert f"running: {pinned} (process {pid})" in reset.stdout
     assert list(state_dir.glob("modelplane.db.corrupt-*"))
 
     # The new database still knows the last valid version: the broken model is Stale, not gone.
@@ -221,3 +224,52 @@ def test_hash_key_reads_the_key_from_stdin(cli: Cli) -> None:
     empty = cli("hash-key", stdin="")
     assert empty.code == 1
     assert "no key given" in empty.stderr
+
+
+# --- one apply at a time (item 3) ----------------------------------------------------------------
+
+
+def test_two_applies_at_once_start_one_backend(
+    manifests: ManifestDir, state_dir: Path, tmp_path: Path, cli: Cli
+) -> None:
+    """Both used to start the model: two backends, one of them unknown to `down`."""
+    name = f"m-{uuid.uuid4().hex[:8]}"  # unique, to count its processes machine-wide
+    manifests.write("engine.yaml", fake_engine_doc("fake", "--listen-delay", "3"))
+    manifests.write("m.yaml", model_doc(name, pin=True))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MODELPLANE_STATE_DIR": str(state_dir)}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "reconciler.cli", "apply", str(manifests.root)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(lambda: holder(state_dir) == first.pid, timeout=30, what="the first to lock")
+        second = cli("apply", manifests.root)
+        assert second.code == 1
+        assert second.stderr.strip() == (
+            f"error: another modelplane (pid {first.pid}) holds {state_dir}: one `run` or "
+            "`apply` at a time per state directory (read-only commands such as status still "
+            "work)"
+        )
+    finally:
+        out, errors = first.communicate(timeout=60)
+    assert first.returncode == 0, out + errors
+    assert list(records(state_dir)) == [name]
+    assert len(_backends_named(name)) == 1
+
+
+def _backends_named(model: str) -> list[int]:
+    """Pids of live fake backends serving ``model`` (by command line)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = str(FAKEBACKEND).encode() in argv and model.encode() in argv
+        if ours and entry.name.isdigit() and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found

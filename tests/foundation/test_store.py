@@ -16,6 +16,7 @@ import pytest
 from reconciler.manifests.manifest_set import StoredDocument
 from reconciler.state import store as store_module
 from reconciler.state.store import MIGRATIONS, Store
+from tests.helpers.database import damage_table
 
 from .conftest import REPO
 
@@ -208,29 +209,13 @@ async def test_a_crash_mid_write_loses_nothing_committed(tmp_path: Path) -> None
         assert len({d.body["i"] for d in documents.values()}) == 1
 
 
-def damage(path: Path, table: str) -> None:
-    """Overwrite ``table``'s root page in the file with garbage, as a failing disk would, then
-    commit through another connection so an open connection drops its cached pages."""
-    with sqlite3.connect(path) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        [root] = conn.execute(
-            "SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)
-        ).fetchone()
-    with path.open("r+b") as handle:
-        handle.seek((root - 1) * page_size)
-        handle.write(os.urandom(page_size))
-    with sqlite3.connect(path) as conn:
-        conn.execute("INSERT INTO activity (model, last_used) VALUES ('other', 1)")
-
-
 async def test_damage_found_after_open_is_kept_as_the_stores_fault(store: Store) -> None:
     for i in range(50):
         await store.add_event("Note", f"event {i}")
     assert store.fault is None
-    damage(store.path, "events")
+    damage_table(store.path, "events")
     with pytest.raises(sqlite3.DatabaseError):
         await store.events()
     assert store.fault is not None
     assert store.fault.startswith(f"the state database {store.path} is corrupt")
-    assert await store.last_used() == {"other": 1}  # the other tables still serve
+    assert "-damage-" in await store.last_used()  # the other tables still serve
