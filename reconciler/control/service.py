@@ -28,6 +28,7 @@ from reconciler.ops.webhooks import display_url
 from reconciler.planning.desired import Desired
 from reconciler.planning.planner import Action
 from reconciler.state.store import Event, Generation
+from reconciler.units import is_loopback
 
 from .activity import ActivityTracker
 from .controller import Controller
@@ -74,7 +75,6 @@ class Service:
         self.node_started: NodeSpec | None = None
         self.fixed: tuple[str, ...] = FIXED_AT_START
         self.listen_host = "127.0.0.1"
-        self.on_loopback = True
         self._keys: list[ApiKeySpec] = []
         self._keys_refused: str | None = None
         self._restart_needed: list[str] = []
@@ -82,12 +82,10 @@ class Service:
         self._writes: set[asyncio.Task[object]] = set()
         self.engine.on_change.append(self._follow_node)
 
-    def started_with(
-        self, node: NodeSpec, host: str, on_loopback: bool, listen_fixed_by_flag: bool
-    ) -> None:
+    def started_with(self, node: NodeSpec, host: str, listen_fixed_by_flag: bool) -> None:
         """What ``run`` started with (its keys are in force until the first pass)."""
         self.node_started = node
-        self.listen_host, self.on_loopback = host, on_loopback
+        self.listen_host = host
         self._keys = list(node.api_keys)
         if listen_fixed_by_flag:  # --listen: the Node's listen is not what was bound
             self.fixed = tuple(f for f in FIXED_AT_START if f != "listen")
@@ -288,7 +286,7 @@ class Service:
         self._followed = desired
         node = desired.node
         self._keys, refused = keys_in_force(
-            self.on_loopback, self._keys, node.api_keys, self.listen_host
+            is_loopback(self.listen_host), self._keys, node.api_keys, self.listen_host
         )
         if refused is not None and refused != self._keys_refused:
             log.error("%s", refused)
