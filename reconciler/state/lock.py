@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from . import run_record
+
 LOCK_FILE = "lock"
 
 
@@ -26,10 +28,15 @@ class StateDirLocked(Exception):
         self.state_dir = state_dir
         self.pid = pid
         holder = f"pid {pid}" if pid else "pid unknown"
-        super().__init__(
+        message = (
             f"another modelplane ({holder}) holds {state_dir}: one `run` or `apply` at a time "
             "per state directory (read-only commands such as status still work)"
         )
+        record = run_record.read(state_dir)
+        if pid is not None and record is not None and record.pid == pid:
+            message += f"; it is the modelplane run serving {record.url}, which applies every "
+            message += "change to the manifests by itself"
+        super().__init__(message)
 
 
 class StateLock:

@@ -166,6 +166,7 @@ def test_a_second_run_or_an_apply_on_the_same_state_directory_is_refused(box: Bo
     applied = run_cli("apply", box.manifests.root, cwd=cwd, state_dir=box.state_dir)
     assert applied.code == 1
     assert f"error: {busy}" in applied.stderr
+    assert f"it is the modelplane run serving {box.svc.url}" in applied.stderr
     status = run_cli("status", "--dir", box.manifests.root, cwd=cwd, state_dir=box.state_dir)
     assert status.code == 0, status.output  # read-only commands never wait for the lock
     assert len([m for m in box.svc.status()["models"] if m["phase"] == "Ready"]) == 1
