@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from reconciler.control.controller import Controller
+from reconciler.control.controller import Controller, runtime_names
 from reconciler.state.lock import StateLock
 from reconciler.state.recovery import reset_database
 from reconciler.state.store import StateDatabaseError, Store
@@ -50,7 +50,7 @@ async def _adoptable(manifests: Path | None, state_dir: Path, out: Console, err:
     async with await Controller.open(manifests or Path("manifests"), state_dir) as controller:
         try:
             _, desired = await controller.load(online=False)
-            names = {"process", desired.node.runtime, *(m.runtime for m in desired.models.values())}
+            names = runtime_names(desired)
         except FileNotFoundError:
             names = {"process"}
         instances, unavailable = await controller.runtimes.list(names)
