@@ -8,6 +8,7 @@ so requests pay nothing for them.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -61,6 +62,16 @@ class _StateCollector(Collector):
         yield depth
         yield in_flight
         yield phase
+
+
+class _RequestChildren(NamedTuple):
+    """The metric children one (model, status) updates per request."""
+
+    requests: Counter
+    latency: Histogram
+    ttft: Histogram
+    prompt_tokens: Counter
+    completion_tokens: Counter
 
 
 class ProxyMetrics:
@@ -129,6 +140,9 @@ class ProxyMetrics:
             registry=registry,
         )
         registry.register(_StateCollector(routes, queues))
+        # Label lookups cost more than the updates: each (model, status) resolves them once.
+        self._children: dict[tuple[str, int], _RequestChildren] = {}
+        self._upstream_children: dict[tuple[str, int], Counter] = {}
 
     def observe(
         self,
@@ -138,15 +152,32 @@ class ProxyMetrics:
         ttft: float | None,
         usage: Usage | None,
     ) -> None:
-        self.requests.labels(model, str(status)).inc()
-        self.latency.labels(model).observe(latency)
+        children = self._children.get((model, status))
+        if children is None:
+            children = self._children[(model, status)] = _RequestChildren(
+                self.requests.labels(model, str(status)),
+                self.latency.labels(model),
+                self.ttft.labels(model),
+                self.tokens.labels(model, "prompt"),
+                self.tokens.labels(model, "completion"),
+            )
+        children.requests.inc()
+        children.latency.observe(latency)
         if ttft is not None:
-            self.ttft.labels(model).observe(ttft)
+            children.ttft.observe(ttft)
         if usage is not None:
             if usage.prompt_tokens:
-                self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+                children.prompt_tokens.inc(usage.prompt_tokens)
             if usage.completion_tokens:
-                self.tokens.labels(model, "completion").inc(usage.completion_tokens)
+                children.completion_tokens.inc(usage.completion_tokens)
+
+    def upstream_request(self, model: str, status: int) -> None:
+        child = self._upstream_children.get((model, status))
+        if child is None:
+            child = self._upstream_children[(model, status)] = self.upstream_requests.labels(
+                model, str(status)
+            )
+        child.inc()
 
     def cold_start(self, model: str, seconds: float) -> None:
         self.cold_starts.labels(model).inc()

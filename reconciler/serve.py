@@ -26,6 +26,7 @@ from litestar import Litestar
 
 from proxy.app import create_app
 from proxy.logsetup import setup_logging
+from proxy.server import http_protocol
 from proxy.settings import ProxySettings
 
 from .controller import Controller
@@ -118,7 +119,7 @@ async def serve(
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=int(grace),
-        http="httptools" if _has("httptools") else "h11",
+        http=http_protocol(app),  # the proxy's own HTTP/1.1 connections (the fast path)
     )
     server = _Server(config)
     server.on_started = systemd.ready  # the socket is bound, after the lifespan's first pass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,23 @@ from typing import Any
 import aiosqlite
 
 from .manifests import Key, StoredDocument
+
+# The request log's columns, in the order of proxy.gateway.RequestRecord's fields.
+REQUEST_COLUMNS = (
+    "time",
+    "client",
+    "model",
+    "path",
+    "status",
+    "latency",
+    "ttft",
+    "prompt_tokens",
+    "completion_tokens",
+)
+_INSERT_REQUEST = (
+    f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(REQUEST_COLUMNS))})"
+)
 
 MIGRATIONS: list[str] = [
     # 1: the foundation
@@ -401,26 +418,17 @@ class Store:
         return {r[0]: r[1] for r in rows if r[1] is not None}
 
     async def add_requests(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        columns = (
-            "time",
-            "client",
-            "model",
-            "path",
-            "status",
-            "latency",
-            "ttft",
-            "prompt_tokens",
-            "completion_tokens",
-        )
-        values = [tuple(r.get(c) for c in columns) for r in rows]
-        if not values:
+        """Rows as mappings of column names (missing columns are NULL)."""
+        await self.add_request_rows([tuple(r.get(c) for c in REQUEST_COLUMNS) for r in rows])
+
+    async def add_request_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Rows as tuples in :data:`REQUEST_COLUMNS` order (``proxy.gateway.RequestRecord``
+        is one), in one transaction and one ``executemany``: nothing is converted per row."""
+        if not rows:
             return
         await self.db.execute("BEGIN")
         try:
-            await self.db.executemany(
-                f"INSERT INTO requests ({', '.join(columns)}) VALUES ({', '.join('?' * 9)})",
-                values,
-            )
+            await self.db.executemany(_INSERT_REQUEST, rows)
             await self.db.execute("COMMIT")
         except BaseException:
             await self.db.execute("ROLLBACK")

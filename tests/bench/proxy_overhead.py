@@ -116,9 +116,11 @@ def serve_proxy(backend: str, access_log: bool, loop: str) -> None:
     sock.bind(("127.0.0.1", 0))
     if loop == "auto":
         loop = "uvloop" if _importable("uvloop") else "asyncio"
-    http = "httptools" if _importable("httptools") else "h11"
+    from proxy import http_protocol
+
+    http = "native"
     config = uvicorn.Config(
-        app, loop=loop, http=http, access_log=False, log_level="warning", backlog=1024
+        app, loop=loop, http=http_protocol(app), access_log=False, log_level="warning", backlog=1024
     )
     print(f"listening {sock.getsockname()[1]} loop={loop} http={http}", flush=True)
     uvicorn.Server(config).run(sockets=[sock])

@@ -14,12 +14,16 @@ from typing import Any, TypeVar
 import uvicorn
 from litestar import Litestar
 
+from proxy import http_protocol
+
 T = TypeVar("T")
 
 
 class ProxyServer:
-    def __init__(self, build: Callable[[list], Litestar]) -> None:
-        """``build(lifespan)`` makes the app; the lifespan hook records the server's loop."""
+    def __init__(self, build: Callable[[list], Litestar], native: bool = True) -> None:
+        """``build(lifespan)`` makes the app; the lifespan hook records the server's loop.
+        ``native``: the proxy's own HTTP protocol (as ``modelplane run`` serves it); else
+        uvicorn's, with the app's ASGI routes."""
         self.loop: asyncio.AbstractEventLoop | None = None
 
         @asynccontextmanager
@@ -35,7 +39,12 @@ class ProxyServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="on", timeout_keep_alive=30
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_keep_alive=30,
+            http=http_protocol(self.app) if native else "auto",
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
