@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import manifests
-from reconciler.desired import build_desired
-from reconciler.launch import launch_spec
+from reconciler.manifests import manifest_set as manifests
+from reconciler.planning.desired import build_desired
+from reconciler.planning.launch import launch_spec
 from reconciler.runtimes.docker import container_kwargs
 from tests.helpers.service import modelplane_command, service_env
 

@@ -40,7 +40,7 @@ import httpx
 import requests.exceptions
 from docker.types import DeviceRequest, Mount
 
-from reconciler.runtimes.base import (
+from .base import (
     MANAGED_LABEL,
     MODEL_LABEL,
     Instance,

@@ -25,7 +25,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from reconciler.runtimes.base import MANAGED_LABEL, MODEL_LABEL
+from .base import MANAGED_LABEL, MODEL_LABEL
 
 log = logging.getLogger(__name__)
 

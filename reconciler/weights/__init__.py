@@ -38,10 +38,10 @@ from .errors import (
 )
 from .gc import GcCandidate, GcPlan, collect, plan_gc
 from .gguf_meta import read_gguf_metadata
+from .hub_cache import Weights
 from .layout import snapshot_dir
 from .mirror import DEFAULT_LISTEN, MirrorServer, serve
 from .resolve import RemoteFile, Resolution, resolve, resolve_cached, resolve_remote
-from .service import Weights
 from .verify import FileProblem, SnapshotCheck, check_snapshot
 
 __all__ = [

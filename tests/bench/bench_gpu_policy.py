@@ -8,9 +8,9 @@ from __future__ import annotations
 import random
 import time
 
-from reconciler.eviction import RunningModel, choose_victims
-from reconciler.gputypes import Claim, GiB, GpuInfo
-from reconciler.placement import ModelDemand, place
+from reconciler.gpus.eviction import RunningModel, choose_victims
+from reconciler.gpus.placement import ModelDemand, place
+from reconciler.gpus.types import Claim, GiB, GpuInfo
 
 
 def main() -> None:

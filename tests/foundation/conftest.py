@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.controller import Controller
+from reconciler.control.controller import Controller
 from tests.helpers.cli import CliResult, run_cli
 from tests.helpers.manifests import (  # noqa: F401  (re-exported for the tests here)
     FAKEBACKEND,

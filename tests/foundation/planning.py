@@ -5,11 +5,11 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from reconciler.desired import Desired, DesiredModel, effective_spec, spec_hash
-from reconciler.engines import BUILTIN_ENGINES
-from reconciler.planner import Action
+from reconciler.manifests.engines import BUILTIN_ENGINES
+from reconciler.manifests.schema import ModelSpec
+from reconciler.planning.desired import Desired, DesiredModel, effective_spec, spec_hash
+from reconciler.planning.planner import Action
 from reconciler.runtimes.base import Instance, managed_labels
-from reconciler.schema import ModelSpec
 
 _idents = itertools.count(1000)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.controller import Controller
-from reconciler.schema import ModelDoc
+from reconciler.control.controller import Controller
+from reconciler.manifests.schema import ModelDoc
 
 from .conftest import ManifestDir, fake_engine_doc, model_doc, records
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.engines import BUILTIN_ENGINES
-from reconciler.loader import manifest_paths
-from reconciler.manifests import ManifestSet, load
-from reconciler.schema import EngineSpec, ModelDoc
+from reconciler.manifests.engines import BUILTIN_ENGINES
+from reconciler.manifests.loader import manifest_paths
+from reconciler.manifests.manifest_set import ManifestSet, load
+from reconciler.manifests.schema import EngineSpec, ModelDoc
 
 from .conftest import ManifestDir, fake_engine_doc, model_doc
 

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from reconciler.desired import changed_fields
-from reconciler.planner import Activity, PruneRefused, plan
+from reconciler.planning.desired import changed_fields
+from reconciler.planning.planner import Activity, PruneRefused, plan
 
 from .conftest import REPO
 from .planning import desired, desired_model, instance

@@ -12,8 +12,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from reconciler.desired import Desired
-from reconciler.planner import Activity, PruneRefused, plan
+from reconciler.planning.desired import Desired
+from reconciler.planning.planner import Activity, PruneRefused, plan
 from reconciler.runtimes.base import Instance
 
 from .planning import desired, desired_model, instance, simulate

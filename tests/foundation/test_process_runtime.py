@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reconciler.controller import Controller
+from reconciler.control.controller import Controller
 from reconciler.runtimes.base import LaunchSpec, StartError
 from reconciler.runtimes.process import ProcessRuntime, _proc_start
 

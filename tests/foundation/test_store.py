@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import store as store_module
-from reconciler.manifests import StoredDocument
-from reconciler.store import MIGRATIONS, Store
+from reconciler.manifests.manifest_set import StoredDocument
+from reconciler.state import store as store_module
+from reconciler.state.store import MIGRATIONS, Store
 
 from .conftest import REPO
 
@@ -155,8 +155,8 @@ WRITER = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from reconciler.store import Store
-    from reconciler.manifests import StoredDocument
+    from reconciler.state.store import Store
+    from reconciler.manifests.manifest_set import StoredDocument
 
     async def main() -> None:
         store = await Store.open(Path(sys.argv[1]))

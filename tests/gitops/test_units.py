@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler import manifests as manifest_sets
-from reconciler.alerts import classify
-from reconciler.applied import applied, applied_line, dirty_warning
-from reconciler.gitinfo import GitInfo
-from reconciler.overrides import ended, manifest_digest
-from reconciler.planner import Activity, plan
-from reconciler.sdreport import summary_line
-from reconciler.store import Event, Generation, Override
+from reconciler.control.overrides import ended, manifest_digest
+from reconciler.control.systemd_status import summary_line
+from reconciler.gitops.applied import applied, applied_line, dirty_warning
+from reconciler.gitops.worktree import GitInfo
+from reconciler.manifests import manifest_set as manifest_sets
+from reconciler.ops.alerts import classify
+from reconciler.planning.planner import Activity, plan
+from reconciler.state.store import Event, Generation, Override
 from tests.foundation.planning import desired, desired_model, instance
 from tests.helpers.manifests import ManifestDir, fake_engine_doc, model_doc
 

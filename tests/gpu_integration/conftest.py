@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.gpus import read_nvml
+from reconciler.gpus.inventory import read_nvml
 from tests.helpers.cli import CliResult, run_cli
 from tests.helpers.manifests import ManifestDir, doc, kill_recorded_backends
 

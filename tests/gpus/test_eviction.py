@@ -11,10 +11,10 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from proxy.gateway import PRIORITIES
-from reconciler import eviction
-from reconciler.eviction import Eviction, RunningModel, choose_victims, pins_fit
-from reconciler.gputypes import Claim, GiB, GpuInfo
-from reconciler.placement import ModelDemand, Placement, Unschedulable, place
+from reconciler.gpus import eviction
+from reconciler.gpus.eviction import Eviction, RunningModel, choose_victims, pins_fit
+from reconciler.gpus.placement import ModelDemand, Placement, Unschedulable, place
+from reconciler.gpus.types import Claim, GiB, GpuInfo
 
 LOW, NORMAL, HIGH = PRIORITIES["low"], PRIORITIES["normal"], PRIORITIES["high"]
 BATCH = PRIORITIES["batch"]

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
-from reconciler.gpus import (
+from reconciler.gpus.inventory import (
     Inventory,
     NvmlReading,
     StaticGpu,
@@ -22,7 +22,7 @@ from reconciler.gpus import (
     read_inventory,
     read_nvml,
 )
-from reconciler.gputypes import Claim, GiB, GpuInfo, GpuProcess
+from reconciler.gpus.types import Claim, GiB, GpuInfo, GpuProcess
 
 
 def _nvml_works() -> bool:

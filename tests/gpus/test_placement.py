@@ -8,9 +8,9 @@ from dataclasses import replace
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from reconciler.gputypes import Claim, GiB, GpuInfo
-from reconciler.placement import ModelDemand, Placement, Unschedulable, free_bytes, place
-from reconciler.vram import estimate
+from reconciler.gpus.placement import ModelDemand, Placement, Unschedulable, free_bytes, place
+from reconciler.gpus.types import Claim, GiB, GpuInfo
+from reconciler.gpus.vram import estimate
 
 
 def static(*totals_gib: float) -> list[GpuInfo]:

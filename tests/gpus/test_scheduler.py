@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from reconciler.gpus import Inventory
-from reconciler.gputypes import Claim, GiB, GpuInfo
-from reconciler.planner import Action, Activity
-from reconciler.scheduler import holders, instance_claims, pins_problem, schedule
-from reconciler.vram import Estimate
+from reconciler.gpus.inventory import Inventory
+from reconciler.gpus.scheduler import holders, instance_claims, pins_problem, schedule
+from reconciler.gpus.types import Claim, GiB, GpuInfo
+from reconciler.gpus.vram import Estimate
+from reconciler.planning.planner import Action, Activity
 from tests.foundation.planning import desired, desired_model, instance
 
 GPUS = (GpuInfo(0, 10 * GiB, source="static"), GpuInfo(1, 10 * GiB, source="static"))

@@ -10,8 +10,8 @@ from pathlib import Path
 import gguf
 import pytest
 
-from reconciler.gputypes import GiB, MiB
-from reconciler.vram import (
+from reconciler.gpus.types import GiB, MiB
+from reconciler.gpus.vram import (
     COMPUTE_ALLOWANCE,
     CONTEXT_CAP,
     ENGINE_OVERHEAD,

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from reconciler import doctor
-from reconciler.doctor import (
+from reconciler.ops import doctor
+from reconciler.ops.doctor import (
     HF_FIX,
     Check,
     check_disk,

@@ -6,8 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import gitinfo
-from reconciler.gitinfo import Changes, changes_between, git_info, git_info_async, why_not_git
+from reconciler.gitops import worktree as gitinfo
+from reconciler.gitops.worktree import (
+    Changes,
+    changes_between,
+    git_info,
+    git_info_async,
+    why_not_git,
+)
 from tests.ops.gitrepo import commit_file, git
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.gitsync import (
+from reconciler.gitops.sync import (
     GitPoller,
     GitRepoSync,
     GitSyncError,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.notify import Notifier, WebhookTarget, display_url, message_text
+from reconciler.ops.webhooks import Notifier, WebhookTarget, display_url, message_text
 
 
 class Hook:

@@ -80,7 +80,7 @@ def context_files() -> list[str]:
 def test_dockerignore_keeps_the_packages_and_drops_the_rest() -> None:
     files = context_files()
     assert "pyproject.toml" in files
-    assert "reconciler/gitinfo.py" in files and "proxy/__init__.py" in files
+    assert "reconciler/gitops/worktree.py" in files and "proxy/__init__.py" in files
     assert not [f for f in files if f.startswith(("tests/", "systemd/", ".git"))]
     assert not [f for f in files if "__pycache__" in f or f.endswith(".pyc")]
     rules = dockerignore_rules()
@@ -122,7 +122,7 @@ def test_wheel_holds_every_module_and_the_entry_point(wheel: Path) -> None:
         scripts = zf.read(entry_points).decode()
     sources = {f for f in context_files() if f.endswith(".py")}
     assert sources and sources <= names, f"not packaged: {sorted(sources - names)}"
-    assert re.search(r"^modelplane = reconciler\.cli:main$", scripts, re.M)
+    assert re.search(r"^modelplane = reconciler\.cli\.main:main$", scripts, re.M)
 
 
 def test_wheel_metadata_matches_pyproject(wheel: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.sdnotify import SystemdNotifier, socket_address
+from reconciler.ops.systemd import SystemdNotifier, socket_address
 
 
 class Receiver:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler import manifests
-from reconciler.desired import build_desired
-from reconciler.launch import launch_spec, weights_mount
-from reconciler.planner import plan, unseen
+from reconciler.control.status import model_statuses
+from reconciler.manifests import manifest_set as manifests
+from reconciler.planning.desired import build_desired
+from reconciler.planning.launch import launch_spec, weights_mount
+from reconciler.planning.planner import plan, unseen
 from reconciler.runtimes.base import ContainerOptions
 from reconciler.runtimes.docker import container_kwargs
-from reconciler.status import model_statuses
 from tests.helpers.manifests import ManifestDir, doc
 
 ENGINE = doc(

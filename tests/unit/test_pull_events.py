@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from reconciler.pull_events import PullEvents, describe
 from reconciler.runtimes.docker import PullProgress
+from reconciler.runtimes.docker_pulls import PullEvents, describe
 
 IMAGE = "vllm/vllm-openai:v0.6.3"
 

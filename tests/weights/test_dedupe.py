@@ -6,13 +6,7 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_download
 
-from reconciler.weights import (
-    HubSettings,
-    MirrorServer,
-    check_snapshot,
-    dedupe_cache,
-    fetch,
-)
+from reconciler.weights import HubSettings, MirrorServer, check_snapshot, dedupe_cache, fetch
 
 from .conftest import gets
 from .hubgen import HubRepos, config_bytes

@@ -6,14 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.weights import (
-    HubError,
-    HubSettings,
-    MirrorServer,
-    fetch,
-    resolve,
-    resolve_cached,
-)
+from reconciler.weights import HubError, HubSettings, MirrorServer, fetch, resolve, resolve_cached
 from reconciler.weights.layout import read_ref
 
 from .hubgen import HubRepos, config_bytes, safetensors_bytes

@@ -9,14 +9,7 @@ from pathlib import Path
 import pytest
 from huggingface_hub.utils import logging as hf_logging
 
-from reconciler.weights import (
-    HubError,
-    HubSettings,
-    MirrorServer,
-    TokenFileError,
-    fetch,
-    resolve,
-)
+from reconciler.weights import HubError, HubSettings, MirrorServer, TokenFileError, fetch, resolve
 
 from .hubgen import HubRepos, config_bytes, safetensors_bytes
 

@@ -7,9 +7,9 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.desired import DesiredModel
-from reconciler.planner import Action, Activity, plan
-from reconciler.weights_plan import WeightsState, gate_downloads
+from reconciler.planning.desired import DesiredModel
+from reconciler.planning.planner import Action, Activity, plan
+from reconciler.weights.gate import WeightsState, gate_downloads
 from tests.foundation.planning import desired, desired_model, instance
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reconciler.launch import launch_spec
+from reconciler.planning.launch import launch_spec
 from tests.foundation.planning import desired_model
 
 SNAPSHOT = "/var/lib/modelplane/hf/hub/models--org--tiny/snapshots/" + "a" * 40

@@ -1,0 +1,260 @@
+"""The manifest kinds (DESIGN.md §2) as pydantic models.
+
+Field names are snake_case in Python and camelCase in YAML (``stay_warm`` ↔ ``stayWarm``).
+Unknown fields are errors. Durations are stored as seconds (float) and sizes as bytes (int);
+the JSON Schema still shows them as the strings people write.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from reconciler.units import parse_duration, parse_size
+
+API_VERSION = "modelplane/v1"
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^(\d+(\.\d+)?(ms|s|m|h|d))+$|^\d+(\.\d+)?$"},
+                {"type": "number", "minimum": 0},
+            ],
+            "description": "A duration: 90s, 15m, 2h, 1h30m, or 0.",
+        }
+    ),
+]
+Size = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KMGTP]i?B|B)?\s*$"},
+                {"type": "integer", "minimum": 0},
+            ],
+            "description": "A size: 512MiB, 6GiB, 24GB, or a number of bytes.",
+        }
+    ),
+]
+Name = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        max_length=100,
+        description="Letters, digits, '.', '_' and '-'; starts with a letter or digit.",
+    ),
+]
+Priority = Literal["urgent", "high", "normal", "low", "batch"]
+RuntimeName = Literal["process", "docker"]
+ImagePull = Literal["IfNotPresent", "Always", "Never"]
+NotifyEvent = Literal["Failed", "Unschedulable", "Recovered", "Applied"]
+
+
+class Strict(BaseModel):
+    """Base for every manifest object: camelCase keys, unknown keys forbidden."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+    )
+
+
+# --- Model ----------------------------------------------------------------------------------
+
+
+class HuggingFaceSource(Strict):
+    repo: str = Field(pattern=r"^[\w.-]+(/[\w.-]+)?$", description="owner/name on the hub")
+    revision: str = Field("main", description="Branch, tag or commit sha.")
+    files: list[str] | None = Field(
+        None, description="Globs of the files to fetch; omitted = the whole repo."
+    )
+
+
+class Source(Strict):
+    huggingface: HuggingFaceSource | None = None
+    path: str | None = Field(None, description="A local file or directory, used in place.")
+    prefetch: bool = Field(True, description="Download on apply, not on the first request.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Source:
+        named = [k for k in ("huggingface", "path") if getattr(self, k) is not None]
+        if not named:
+            raise ValueError("source names no kind: give exactly one of huggingface, path")
+        if len(named) > 1:
+            raise ValueError("source names two kinds (huggingface and path): give exactly one")
+        return self
+
+
+class ContainerSpec(Strict):
+    """Docker-only settings."""
+
+    shm_size: Size | None = None
+    memory: Size | None = None
+    user: str | None = None
+    volumes: list[str] = Field(default_factory=list, description="host:container[:ro] binds")
+    network: Literal["host", "bridge"] = "host"
+    extra_args: dict[str, Any] = Field(
+        default_factory=dict, description="Extra keyword arguments for docker's containers.run."
+    )
+
+
+class ModelSpec(Strict):
+    source: Source
+    engine: str = "llama-server"
+    args: list[str] = Field(default_factory=list, description="Appended to the engine's command.")
+    env: dict[str, str] = Field(default_factory=dict)
+    gpus: Literal["auto", "none"] | list[Annotated[int, Field(ge=0)]] = "auto"
+    vram: Size | None = None
+    pin: bool = False
+    stay_warm: Duration = 900.0
+    priority: Priority = "normal"
+    aliases: list[str] = Field(default_factory=list)
+    max_concurrency: int = Field(8, ge=1)
+    startup_timeout: Duration = 600.0
+    runtime: RuntimeName | None = Field(None, description="Overrides Node.runtime.")
+    image_pull: ImagePull | None = None
+    container: ContainerSpec | None = None
+    suspend: bool = Field(False, description="Freeze this model as it is.")
+
+
+# --- Engine ---------------------------------------------------------------------------------
+
+
+class EngineSpec(Strict):
+    image: str | None = Field(None, description="Used by the docker runtime.")
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    health_path: str = "/health"
+    api: Literal["openai"] = "openai"
+    image_pull: ImagePull = "IfNotPresent"
+
+
+# --- Node -----------------------------------------------------------------------------------
+
+
+class StaticGpu(Strict):
+    index: int = Field(ge=0)
+    memory: Size
+    name: str | None = None
+
+
+class ApiKeySpec(Strict):
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="modelplane hash-key KEY")
+    models: list[str] = Field(default_factory=lambda: ["*"], description="fnmatch globs")
+
+
+class GitSpec(Strict):
+    url: str
+    branch: str = "main"
+    interval: Duration = 60.0
+    ssh_key_file: str | None = None
+    path: str = Field(".", description="The manifests' folder inside the repository.")
+
+
+class NotifyTarget(Strict):
+    url: str
+    events: list[NotifyEvent] = Field(
+        default_factory=lambda: ["Failed", "Unschedulable", "Recovered", "Applied"]
+    )
+
+
+class ProxySpec(Strict):
+    """Limits of the OpenAI endpoint."""
+
+    max_body_size: Size = 32 * 2**20
+    max_queue: int = Field(256, ge=0, description="Requests that may wait per model; then 429.")
+    queue_timeout: Duration = Field(
+        300.0, description="Longest wait for a slot or for room on the GPUs; then 503."
+    )
+    loading_comment_interval: Duration = 5.0
+    access_log: bool = Field(
+        False,
+        description="One log line per request. Off by default: on a small box it costs about a "
+        "quarter of the proxy's throughput; the SQLite request log and /metrics are always kept.",
+    )
+
+
+class NodeSpec(Strict):
+    runtime: RuntimeName = "process"
+    listen: str = Field("127.0.0.1:8400", pattern=r"^.+:\d+$")
+    gpus: Literal["auto", "none"] | list[StaticGpu] = "auto"
+    vram_reserve: Size = 512 * 2**20
+    cache_dir: str | None = None
+    state_dir: str | None = None
+    resync: Duration = 30.0
+    api_keys: list[ApiKeySpec] = Field(default_factory=list)
+    max_downloads: int = Field(2, ge=1)
+    hf_token_file: str | None = None
+    docker_host: str | None = None
+    git: GitSpec | None = None
+    notify: list[NotifyTarget] = Field(default_factory=list)
+    proxy: ProxySpec = Field(default_factory=ProxySpec)
+
+
+# --- envelopes ------------------------------------------------------------------------------
+
+
+class Metadata(Strict):
+    name: Name
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class _Document(Strict):
+    api_version: Literal["modelplane/v1"]
+    metadata: Metadata
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+class ModelDoc(_Document):
+    kind: Literal["Model"]
+    spec: ModelSpec
+
+
+class EngineDoc(_Document):
+    kind: Literal["Engine"]
+    spec: EngineSpec
+
+
+class NodeDoc(_Document):
+    kind: Literal["Node"]
+    spec: NodeSpec = NodeSpec()
+
+
+Document = ModelDoc | EngineDoc | NodeDoc
+KINDS: dict[str, type[ModelDoc] | type[EngineDoc] | type[NodeDoc]] = {
+    "Model": ModelDoc,
+    "Engine": EngineDoc,
+    "Node": NodeDoc,
+}
+
+
+def json_schema() -> dict[str, Any]:
+    """One JSON Schema accepting any manifest document (for yaml-language-server)."""
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Any] = TypeAdapter(
+        Annotated[ModelDoc | EngineDoc | NodeDoc, Field(discriminator="kind")]
+    )
+    schema = adapter.json_schema(by_alias=True)
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    schema["title"] = "modelplane manifest"
+    return schema
