@@ -58,8 +58,7 @@ async def serve_asgi(app: Any, request: NativeDownstream, conn: ProxyHttpProtoco
             except ClientGone:
                 return {"type": "http.disconnect"}
             return {"type": "http.request", "body": chunk, "more_body": not request.body_complete}
-        if not request.finished:
-            await request.wait_disconnected()
+        await request.wait_over()
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:

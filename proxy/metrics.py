@@ -1,14 +1,14 @@
 """Prometheus metrics of one app, in the app's own registry (tests create many apps).
 
-Counters and histograms are updated once per request, after it finished. Gauges that describe
-current state (queue depth, in flight, model phase) are read at scrape time by a collector,
-so requests pay nothing for them.
+The per-request figures (requests, latency, time to first token, tokens) are plain tallies
+updated once per request, after it finished (:mod:`proxy.tallies`); rare events (cold starts,
+failures) are prometheus_client counters. Gauges that describe current state (queue depth, in
+flight, model phase) are read at scrape time by a collector, so requests pay nothing for them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from proxy.gateway import ModelRoute
 from proxy.queueing import QueueStats
+from proxy.tallies import RequestTallies
 from proxy.usage import Usage
 
 PHASES = (
@@ -64,16 +65,6 @@ class _StateCollector(Collector):
         yield phase
 
 
-class _RequestChildren(NamedTuple):
-    """The metric children one (model, status) updates per request."""
-
-    requests: Counter
-    latency: Histogram
-    ttft: Histogram
-    prompt_tokens: Counter
-    completion_tokens: Counter
-
-
 class ProxyMetrics:
     def __init__(
         self,
@@ -81,39 +72,6 @@ class ProxyMetrics:
         queues: Callable[[], Mapping[str, QueueStats]],
     ) -> None:
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter(
-            "modelplane_requests",
-            "OpenAI requests by model and HTTP status (499: the client went away; 502: the "
-            "backend failed, also mid-stream)",
-            ["model", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "modelplane_request_duration_seconds",
-            "Time from request to the last byte of the reply",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.ttft = Histogram(
-            "modelplane_time_to_first_token_seconds",
-            "Time from request to the first byte of a streamed reply's body",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "modelplane_tokens",
-            "Tokens reported in replies' usage",
-            ["model", "kind"],
-            registry=registry,
-        )
-        self.upstream_requests = Counter(
-            "modelplane_upstream_requests",
-            "Requests passed through /upstream/{model}/ by model and HTTP status",
-            ["model", "status"],
-            registry=registry,
-        )
         self.cold_starts = Counter(
             "modelplane_cold_starts",
             "Wakes that had to wait for a model to become ready",
@@ -140,44 +98,18 @@ class ProxyMetrics:
             registry=registry,
         )
         registry.register(_StateCollector(routes, queues))
-        # Label lookups cost more than the updates: each (model, status) resolves them once.
-        self._children: dict[tuple[str, int], _RequestChildren] = {}
-        self._upstream_children: dict[tuple[str, int], Counter] = {}
+        self.tallies = RequestTallies(LATENCY_BUCKETS)
+        registry.register(self.tallies)
 
     def observe(
-        self,
-        model: str,
-        status: int,
-        latency: float,
-        ttft: float | None,
-        usage: Usage | None,
+        self, model: str, status: int, latency: float, ttft: float | None, usage: Usage | None
     ) -> None:
-        children = self._children.get((model, status))
-        if children is None:
-            children = self._children[(model, status)] = _RequestChildren(
-                self.requests.labels(model, str(status)),
-                self.latency.labels(model),
-                self.ttft.labels(model),
-                self.tokens.labels(model, "prompt"),
-                self.tokens.labels(model, "completion"),
-            )
-        children.requests.inc()
-        children.latency.observe(latency)
-        if ttft is not None:
-            children.ttft.observe(ttft)
-        if usage is not None:
-            if usage.prompt_tokens:
-                children.prompt_tokens.inc(usage.prompt_tokens)
-            if usage.completion_tokens:
-                children.completion_tokens.inc(usage.completion_tokens)
+        """Once per OpenAI request, when it is over."""
+        self.tallies.observe(model, status, latency, ttft, usage)
 
     def upstream_request(self, model: str, status: int) -> None:
-        child = self._upstream_children.get((model, status))
-        if child is None:
-            child = self._upstream_children[(model, status)] = self.upstream_requests.labels(
-                model, str(status)
-            )
-        child.inc()
+        """Once per ``/upstream/`` request, when it is over."""
+        self.tallies.upstream(model, status)
 
     def cold_start(self, model: str, seconds: float) -> None:
         self.cold_starts.labels(model).inc()

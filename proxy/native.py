@@ -115,6 +115,7 @@ class NativeDownstream(Downstream):
         """The connection closed. Before the answer is complete, that is the client leaving:
         the handler is cancelled, which closes its upstream request and frees its slot."""
         if self.finished:
+            self._wake()
             return
         self.disconnected = True
         self._wake()
@@ -186,9 +187,10 @@ class NativeDownstream(Downstream):
                 finally:
                     self._waiter = None
 
-    async def wait_disconnected(self) -> None:
-        """Until the client goes away (for ASGI apps that listen for ``http.disconnect``)."""
-        while not self.disconnected:
+    async def wait_over(self) -> None:
+        """Until the answer is complete or the client is gone (for ASGI apps, which then hear
+        ``http.disconnect``, as uvicorn tells them)."""
+        while not self.disconnected and not self.finished:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
@@ -244,6 +246,7 @@ class NativeDownstream(Downstream):
         if data:
             self._conn.transport.write(data)
         if last:
+            self._wake()  # an ASGI app waiting in receive() hears that it is over
             self._conn.response_complete(self)
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:

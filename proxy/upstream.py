@@ -383,7 +383,7 @@ class UpstreamPool:
         self.endpoint = endpoint
         self.host = parts.hostname
         self.port = parts.port or 80
-        self._host_header = parts.netloc.encode()
+        self._host_line = b" HTTP/1.1\r\nhost: %s\r\n" % parts.netloc.encode()
         self.timeouts = timeouts or Timeouts()
         self.max_idle = max_idle
         self.idle_expiry = idle_expiry
@@ -480,11 +480,9 @@ class UpstreamPool:
         conn.received = False
         conn.head_only = method == "HEAD"
         conn.head_waiter = asyncio.get_running_loop().create_future()
-        lines = [
-            b"%s %s HTTP/1.1\r\nhost: %s\r\n"
-            % (method.encode(), target.encode(), self._host_header)
-        ]
-        lines.extend(b"%s: %s\r\n" % pair for pair in headers)
+        lines = [method.encode(), b" ", target.encode("latin-1"), self._host_line]
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
         try:
             if conn.closed:
                 raise UpstreamError("closed", "backend closed the connection")

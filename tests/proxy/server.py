@@ -73,6 +73,10 @@ class ProxyServer:
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
 
+    def handlers_running(self) -> int:
+        """Request handler tasks not finished yet (uvicorn waits for them when it stops)."""
+        return len(self._server.server_state.tasks)
+
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(15)
