@@ -72,15 +72,20 @@ def response_headers(
     raw: list[tuple[bytes, bytes]], keep_length: bool
 ) -> list[tuple[bytes, bytes]]:
     """The backend's reply headers for the client, names lower-cased for ASGI."""
-    listed = _connection_listed(raw)
     out = []
+    connection = None
     for name, value in raw:
         name = name.lower()
-        if name in _RESPONSE_DROP or name in listed:
-            if keep_length and name == b"content-length":
+        if name in _RESPONSE_DROP:
+            if name == b"connection":
+                connection = value
+            elif keep_length and name == b"content-length":
                 out.append((name, value))
             continue
         out.append((name, value))
+    if connection:
+        listed = _connection_listed([(b"connection", connection)])
+        out = [(name, value) for name, value in out if name not in listed]
     return out
 
 

@@ -202,11 +202,11 @@ class NativeDownstream(Downstream):
     def _make_head(
         self, status: int, headers: list[tuple[bytes, bytes]], length: int | None = None
     ) -> bytes:
-        """The status line and headers; decides how the body is framed."""
+        """The status line and headers (names in lower case, as in ASGI); decides how the
+        body is framed."""
         parts = [STATUS_LINES.get(status) or _status_line(status), self._conn.default_headers()]
         has_length = False
         for name, value in headers:
-            name = name.lower()
             if name == b"content-length":
                 if length is not None:
                     continue  # ours, below

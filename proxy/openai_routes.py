@@ -33,7 +33,7 @@ from proxy.core import ProxyCore
 from proxy.errors import ProxyError
 from proxy.forward import BrokenReply, Relayed, classify, is_sse, pump, relay, request_headers
 from proxy.gateway import ModelRoute, Unavailable
-from proxy.queueing import QueueFull, QueueTimeout, resolve_priority
+from proxy.queueing import ModelQueue, QueueFull, QueueTimeout, resolve_priority
 from proxy.request import DISCONNECTED, Exchange, Outgoing, finish, pick_headers, target
 from proxy.upstream import Reply, UpstreamError
 from proxy.wake import READY
@@ -270,9 +270,32 @@ class OpenAIRoutes:
     ) -> None:
         """Wake, queue, forward; ``begin_request``/``end_request`` bracket the forwarding."""
         name = route.name
-        endpoint = await self._ready_endpoint(down, route, stream)
         queue = self.core.queues.get(name)
         limit = route.max_concurrency
+        ready = route.endpoint if route.phase == READY else None
+        if ready and queue.try_acquire(limit):
+            # The usual case: nothing is awaited before begin_request, so nothing can have
+            # changed since the route was looked up.
+            endpoint, waited = ready, False
+        else:
+            endpoint = await self._ready_endpoint(down, route, stream)
+            await self._slot(down, name, queue, priority, limit)
+            waited = True
+        slot_start = time.perf_counter()
+        self.gateway.begin_request(name)
+        try:
+            if waited:
+                endpoint = await self._recheck(down, name, endpoint)
+            await self._forward(down, ex, name, endpoint, outgoing)
+        finally:
+            self.gateway.end_request(name)
+            queue.release(limit, time.perf_counter() - slot_start)
+
+    async def _slot(
+        self, down: Downstream, name: str, queue: ModelQueue, priority: int, limit: int
+    ) -> None:
+        """A slot in the model's queue: at once, or after waiting (a started stream gets
+        ``: queued`` comments meanwhile); 429 when the queue is full, 503 past the wait bound."""
         waiting = queue.acquire(
             priority, limit, self.settings.max_queue, self.settings.queue_timeout
         )
@@ -285,14 +308,6 @@ class OpenAIRoutes:
             raise errors.queue_full(name, full.queued, full.retry_after) from None
         except QueueTimeout as timeout:
             raise errors.queue_timeout(name, timeout.waited, timeout.retry_after) from None
-        slot_start = time.perf_counter()
-        self.gateway.begin_request(name)
-        try:
-            endpoint = await self._recheck(down, name, endpoint)
-            await self._forward(down, ex, name, endpoint, outgoing)
-        finally:
-            self.gateway.end_request(name)
-            queue.release(limit, time.perf_counter() - slot_start)
 
     # --- wake ---------------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import logging
 import os
@@ -27,7 +26,7 @@ from litestar import Litestar
 
 from proxy.app import create_app
 from proxy.logsetup import setup_logging
-from proxy.server import http_protocol
+from proxy.server import http_protocol, settle_gc
 from proxy.settings import ProxySettings
 from reconciler.gpus.inventory import GpuCollector
 from reconciler.manifests.schema import ProxySpec
@@ -104,11 +103,7 @@ async def serve(
     @contextlib.asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         await service.start()
-        # Everything made so far (modules, manifests, the first pass) lives as long as the
-        # process: keep it out of the collector's full passes, which would otherwise walk it
-        # all (tens of milliseconds, a stall for every request in flight) every so often.
-        gc.collect()
-        gc.freeze()
+        settle_gc()  # what exists now lives as long as the process: out of the GC's way
         log.info("modelplane serving on http://%s:%d (manifests: %s)", host, port, directory)
         try:
             yield

@@ -4,9 +4,10 @@
     python tests/bench/fast_backend.py --host 127.0.0.1 --port 0 [--chunks 100 --interval 0.01]
 
 Answers ``POST /v1/chat/completions`` (and any other POST) with one fixed chat completion, or,
-for ``"stream": true``, with ``--chunks`` SSE chunks ``--interval`` seconds apart, then a usage
-chunk and ``data: [DONE]``; ``GET /health`` answers 200. The request body is read but only
-looked at for ``"stream": true``. The first line on stdout is ``listening PORT``.
+for ``"stream": true``, with ``--chunks`` SSE chunks ``--interval`` seconds apart (each says
+when it was sent), then a usage chunk and ``data: [DONE]``; ``GET /health`` answers 200. The
+request body is read but only looked at for ``"stream": true``. The first line on stdout is
+``listening PORT``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import json
 import socket
 import sys
+import time
 from typing import Any
 
 COMPLETION = json.dumps(
@@ -39,10 +41,12 @@ JSON_HEADERS = [
     (b"content-length", str(len(COMPLETION)).encode()),
 ]
 SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+# "sent": when the backend wrote the chunk (time.time()), so a client can tell how long each
+# chunk took to reach it.
 CHUNK = (
     b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
     b'"model":"bench","choices":[{"index":0,"delta":{"content":" word"},'
-    b'"finish_reason":null}],"usage":null}\n\n'
+    b'"finish_reason":null}],"usage":null,"sent":%.6f}\n\n'
 )
 LAST = (
     b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
@@ -73,7 +77,8 @@ def make_app(chunks: int, interval: float) -> Any:
             return
         await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
         for _ in range(chunks):
-            await send({"type": "http.response.body", "body": CHUNK, "more_body": True})
+            chunk = CHUNK % time.time()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if interval:
                 await asyncio.sleep(interval)
         await send({"type": "http.response.body", "body": last})

@@ -120,20 +120,19 @@ class StaticGateway:
 def serve_proxy(backend: str, access_log: bool, loop: str) -> None:
     """Child process: serve the proxy on a free port as ``modelplane run`` does; print the port."""
     import contextlib
-    import gc
 
     import uvicorn
 
     from proxy import ProxySettings, create_app, http_protocol
     from proxy.logsetup import setup_logging
+    from proxy.server import settle_gc
 
     if access_log:
         setup_logging("json", "INFO", stream=open(os.devnull, "w"))  # noqa: SIM115
 
     @contextlib.asynccontextmanager
     async def settle(_: object) -> AsyncIterator[None]:
-        gc.collect()
-        gc.freeze()  # as modelplane run does once started
+        settle_gc()  # as modelplane run does once started
         yield
 
     app = create_app(
@@ -503,6 +502,8 @@ async def python_load(target: Target, concurrency: int, seconds: float, body: by
     )
 
 
+SENT = re.compile(rb'"sent":([\d.]+)')  # when fast_backend.py wrote the chunk
+
 # --- streams -------------------------------------------------------------------------------------
 
 
@@ -511,7 +512,7 @@ class StreamResult:
     events: int = 0
     cpu: float = 0.0
     first: list[float] = field(default_factory=list)  # seconds to the first data event
-    gaps: list[float] = field(default_factory=list)  # seconds between data events
+    delays: list[float] = field(default_factory=list)  # sent by the backend → read here
 
 
 async def one_stream(port: int, body: bytes, into: StreamResult) -> None:
@@ -526,24 +527,25 @@ async def one_stream(port: int, body: bytes, into: StreamResult) -> None:
     if b" 200 " not in headers.split(b"\r\n", 1)[0]:
         raise RuntimeError(f"stream answered {headers[:200]!r}")
     buffer = b""
-    last = None
+    first = True
     while True:
         size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         data = await reader.readexactly(size + 2)
         if size == 0:
             break
-        now = time.perf_counter()
+        now, wall = time.perf_counter(), time.time()
         buffer += data[:-2]
         while b"\n\n" in buffer:
             event, buffer = buffer.split(b"\n\n", 1)
             if not event.startswith(b"data:"):
                 continue
             into.events += 1
-            if last is None:
+            if first:
                 into.first.append(now - start)
-            else:
-                into.gaps.append(now - last)
-            last = now
+                first = False
+            sent = SENT.search(event)
+            if sent:
+                into.delays.append(wall - float(sent.group(1)))
     writer.close()
 
 
@@ -631,7 +633,7 @@ def run_bench(targets: list[Target], args: argparse.Namespace) -> None:
             "—" if n == direct else f"{median([r.cpu / r.events * 1000 for r in sr[n]]) * 1000:.1f}"
         ),
     )
-    row("streams: gap between chunks, mean / p99 (ms)", lambda n: _gaps(sr[n]))
+    row("streams: chunk delay, backend → client, p50 / p99 (ms)", lambda n: _delays(sr[n]))
     row(
         "streams: added time to first chunk (ms)",
         lambda n: (
@@ -654,11 +656,13 @@ def run_bench(targets: list[Target], args: argparse.Namespace) -> None:
     )
 
 
-def _gaps(results: list[StreamResult]) -> str:
-    gaps = sorted(g for r in results for g in r.gaps)
-    if not gaps:
-        return "—"
-    return f"{ms(statistics.fmean(gaps))} / {ms(gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))])}"
+def _delays(results: list[StreamResult]) -> str:
+    delays = sorted(d for r in results for d in r.delays)
+    if not delays:
+        return "— (stdlib backend)"
+    p50 = delays[len(delays) // 2]
+    p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+    return f"{ms(p50)} / {ms(p99)}"
 
 
 def main() -> int:
