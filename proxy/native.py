@@ -226,6 +226,8 @@ class NativeDownstream(Downstream):
                 self.keep_alive = False  # HTTP/1.0: the end of the body is the end of the line
         if self.method == "HEAD":
             self._no_body = True
+        if not self._body_ended and self.expect_continue and not self._continue_sent:
+            self.keep_alive = False  # the client waits for 100 Continue: the body never comes
         if not self.keep_alive or self._conn.closing:
             self.keep_alive = False
             parts.append(b"connection: close\r\n")

@@ -20,7 +20,9 @@ T = TypeVar("T")
 
 
 class ProxyServer:
-    def __init__(self, build: Callable[[list], Litestar], native: bool = True) -> None:
+    def __init__(
+        self, build: Callable[[list], Litestar], native: bool = True, keep_alive: int = 30
+    ) -> None:
         """``build(lifespan)`` makes the app; the lifespan hook records the server's loop.
         ``native``: the proxy's own HTTP protocol (as ``modelplane run`` serves it); else
         uvicorn's, with the app's ASGI routes."""
@@ -43,7 +45,7 @@ class ProxyServer:
             log_config=None,
             access_log=False,
             lifespan="on",
-            timeout_keep_alive=30,
+            timeout_keep_alive=keep_alive,
             http=http_protocol(self.app) if native else "auto",
         )
         self._server = uvicorn.Server(config)
