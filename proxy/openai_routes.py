@@ -1,14 +1,16 @@
 """The OpenAI surface (``/v1/...``) and the ``/upstream/{model}/...`` passthrough.
 
-Both are raw ASGI handlers mounted in the Litestar app: the hot path reads the body once, looks
-the model up, takes a queue slot and streams the backend's reply back, without Litestar's
-per-request Request/Response machinery. A request goes through:
+The handlers take a :class:`~proxy.channel.Downstream`: the proxy's own HTTP connections
+(:mod:`proxy.server`) call :meth:`OpenAIRoutes.serve_v1` / :meth:`OpenAIRoutes.serve_upstream`
+directly; :meth:`OpenAIRoutes.v1` / :meth:`OpenAIRoutes.upstream` are the same as ASGI handlers,
+mounted in the Litestar app for other servers. A request goes through:
 
 1. authentication (``Authorization: Bearer``, when keys are configured);
-2. the body: JSON decoded once, or multipart scanned up to its ``model`` field;
+2. the body: JSON read once, or multipart scanned up to its ``model`` field;
 3. the route (404 for unknown models and for models the key may not reach);
 4. wake, when the model is not Ready (streams get ``: loading`` comments meanwhile);
-5. a slot in the model's priority queue (429 when full, 503 after the wait bound);
+5. a slot in the model's priority queue (429 when full, 503 after the wait bound); a Ready model
+   with a free slot and nobody waiting takes it without awaiting anything;
 6. ``gateway.begin_request`` → forward → relay the reply → ``gateway.end_request``;
 7. metrics, the request log record and one access-log line.
 """

@@ -134,7 +134,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
         self.keep_alive_timeout = float(config.timeout_keep_alive)
         self.parser = httptools.HttpRequestParser(self)
         with contextlib.suppress(AttributeError):  # httptools < 0.6.3 has no leniencies
-            # Answer the requests of a pipelined batch that ends with "Connection: close".
+            # As uvicorn: bytes after a "Connection: close" request are ignored, not an error.
             self.parser.set_dangerous_leniencies(lenient_data_after_close=True)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client_addr: tuple[str, int] | None = None

@@ -7,7 +7,9 @@ requests the proxy ran at ~10 % of direct throughput. This client does only what
 (loopback, plain HTTP/1.1, one request per connection at a time) for tens of microseconds:
 
 - one ``transport.write`` for head and body; the response body is handed over as the chunks
-  arrive (de-chunked, never content-decoded), with read back-pressure past 1 MiB buffered;
+  arrive (de-chunked, never content-decoded), with read back-pressure past 1 MiB buffered, or,
+  with :meth:`Reply.forward`, written on from the connection's own callback as each chunk is
+  parsed (no task wake-up per chunk; back-pressure from the sink);
 - idle connections are dropped from the pool the moment the backend closes them (no polling);
   a request that finds its reused connection closed before any reply byte is retried once on a
   fresh connection, if its body can be replayed;

@@ -564,6 +564,10 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f}"
 
 
+def ms_signed(seconds: float) -> str:
+    return f"{seconds * 1000:+.2f}"
+
+
 def run_bench(targets: list[Target], args: argparse.Namespace) -> None:
     plain = request_body(False, args.chunks)
     streamed = request_body(True, args.chunks)
@@ -608,7 +612,7 @@ def run_bench(targets: list[Target], args: argparse.Namespace) -> None:
     )
     row(
         "c=1 added p50 (ms)",
-        lambda n: "—" if n == direct else f"+{ms(median([r.p50 for r in c1[n]]) - d50)}",
+        lambda n: "—" if n == direct else ms_signed(median([r.p50 for r in c1[n]]) - d50),
     )
     row(
         "c=64 req/s (% of direct)",
@@ -639,7 +643,7 @@ def run_bench(targets: list[Target], args: argparse.Namespace) -> None:
         lambda n: (
             "—"
             if n == direct
-            else f"+{ms(median([statistics.median(r.first) for r in sr[n]]) - d_first)}"
+            else ms_signed(median([statistics.median(r.first) for r in sr[n]]) - d_first)
         ),
     )
 
