@@ -11,6 +11,8 @@ import time
 import pytest
 
 from proxy import create_app
+from proxy.auth import hash_key
+from proxy.gateway import ApiKey
 from tests.proxy.conftest import MakeProxy, Proxy
 from tests.proxy.fakegateway import FakeGateway, FakeModel
 from tests.proxy.server import ProxyServer
@@ -160,16 +162,18 @@ def test_garbage_is_a_400_and_the_connection_closes(shared: Proxy) -> None:
         assert reader.closed()
 
 
-def test_an_error_before_the_body_is_read_keeps_the_connection(shared: Proxy) -> None:
-    """A 404 answered from the model name, with the rest of a large body still coming: the rest
-    is read and dropped, and the connection serves the next request."""
-    body = json.dumps({"model": "nope", "pad": "x" * 200_000}).encode()
-    with connect(shared) as sock:
+def test_an_answer_before_the_body_is_read_keeps_the_connection(make_proxy: MakeProxy) -> None:
+    """A 401 is answered from the headers alone, while the rest of a large body is still on its
+    way: the rest is read and dropped, and the connection serves the next request."""
+    proxy = make_proxy([FakeModel("alpha")], keys=[ApiKey("ci", hash_key("good"))])
+    body = json.dumps({"model": "alpha", "pad": "x" * 500_000}).encode()
+    with connect(proxy) as sock:
         reader = Reader(sock)
-        sock.sendall(post(body))
-        assert reader.response()[0] == 404
-        sock.sendall(post())
-        assert reader.response()[0] == 200
+        sock.sendall(post(body, extra="Authorization: Bearer bad\r\n"))
+        assert reader.response()[0] == 401
+        sock.sendall(post(extra="Authorization: Bearer good\r\n"))
+        status, _, answer = reader.response()
+        assert status == 200 and json.loads(answer)["model"] == "alpha"
 
 
 def test_a_body_over_the_limit_is_413_and_the_rest_is_not_read(make_proxy: MakeProxy) -> None:
