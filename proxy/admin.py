@@ -26,7 +26,7 @@ from proxy.queueing import QueueStats
 
 def merge_queue_stats(status: dict[str, Any], stats: Mapping[str, QueueStats]) -> dict[str, Any]:
     """Add the proxy's numbers to each model of ``gateway.status()``: ``queued`` (only the proxy
-    knows it) and ``in_flight`` (when the gateway did not say)."""
+    knows it) and ``inFlight`` (when the gateway did not say)."""
     models = status.get("models")
     entries: list[tuple[str, Any]] = []
     if isinstance(models, dict):
@@ -37,7 +37,7 @@ def merge_queue_stats(status: dict[str, Any], stats: Mapping[str, QueueStats]) -
         if isinstance(entry, dict):
             queue = stats.get(name) or QueueStats(0, 0)
             entry["queued"] = queue.queued
-            entry.setdefault("in_flight", queue.in_flight)
+            entry.setdefault("inFlight", queue.in_flight)
     return status
 
 
@@ -127,4 +127,29 @@ def admin_handlers(core: ProxyCore) -> list[BaseRouteHandler]:
     async def unload(request: Request) -> dict[str, Any]:
         return await _by_hand(request.path_params["name"], "unload")
 
-    return [healthz, readyz, metrics, status, events, reconcile, load, unload]
+    @get("/api/history", guards=guards)
+    async def history(request: Request) -> list[dict[str, Any]]:
+        """Applied generations, oldest first (``?limit=N``, default 20)."""
+        return await gateway.history(_count(request, "limit", 20))
+
+    @get("/api/models/{name:str}/logs", guards=guards)
+    async def logs(request: Request) -> Response[str]:
+        """The tail of a model's backend log (``?lines=N``, default 50) as plain text."""
+        name = request.path_params["name"]
+        route = gateway.route(name)
+        text = await gateway.logs(route.name if route else name, _count(request, "lines", 50))
+        return Response(text, media_type="text/plain; charset=utf-8")
+
+    @post("/api/down", guards=guards, status_code=200)
+    async def down() -> dict[str, Any]:
+        """Stop every managed backend, then the service itself (``modelplane down``)."""
+        return await gateway.down()
+
+    return [healthz, readyz, metrics, status, events, reconcile, load, unload, history, logs, down]
+
+
+def _count(request: Request, name: str, default: int) -> int:
+    text = request.query_params.get(name, str(default))
+    if not text.isdigit():
+        raise errors.bad_request(f"{name} must be a whole number, got {text!r}")
+    return int(text)

@@ -10,10 +10,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
 # Numeric priorities: higher is served first (and evicted last).
 PRIORITIES: Mapping[str, int] = {"batch": 0, "low": 1, "normal": 2, "high": 3, "urgent": 4}
+
+
+class Phase(StrEnum):
+    """What a model is doing: the *phase* axis of status (docs/architecture.md). One list for
+    the whole project: the reconciler sets it, ``/v1/models``, ``/api/status``, ``/metrics``,
+    the CLI and the systemd status line show it."""
+
+    DOWNLOADING = "Downloading"  # weights being fetched
+    ASLEEP = "Asleep"  # weights ready, not loaded: a request wakes it
+    STARTING = "Starting"  # a backend is starting (or waits for GPU memory being freed)
+    READY = "Ready"  # a healthy backend serves it
+    DRAINING = "Draining"  # being stopped: requests in flight finish first
+    FAILED = "Failed"  # backing off after a failed start or a crash (reason, retry time)
+    UNSCHEDULABLE = "Unschedulable"  # does not fit the GPUs (reason)
+    UNKNOWN = "Unknown"  # its runtime cannot be listed (docker daemon down)
 
 
 @dataclass(frozen=True)
@@ -22,7 +38,7 @@ class ModelRoute:
 
     name: str
     aliases: tuple[str, ...] = ()
-    phase: str = "Asleep"  # Ready | Asleep | Starting | Downloading | Draining | Failed | ...
+    phase: Phase = Phase.ASLEEP
     priority: int = PRIORITIES["normal"]
     max_concurrency: int = 8
     startup_timeout: float = 600.0
@@ -126,6 +142,18 @@ class Gateway(Protocol):
 
     def follow_events(self) -> AsyncIterator[dict[str, Any]]:
         """New events as they are recorded (for ``/api/events?follow=1``)."""
+        ...
+
+    async def history(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Applied generations, oldest first, each with the models it changed."""
+        ...
+
+    async def logs(self, model: str, lines: int = 50) -> str:
+        """The tail of a model's backend log (empty when there is none)."""
+        ...
+
+    async def down(self) -> dict[str, Any]:
+        """Stop every managed backend, then stop serving (``modelplane down``)."""
         ...
 
     async def reconcile(self) -> dict[str, Any]:

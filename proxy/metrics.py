@@ -14,21 +14,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from proxy.gateway import ModelRoute
+from proxy.gateway import ModelRoute, Phase
 from proxy.queueing import QueueStats
 from proxy.tallies import RequestTallies
 from proxy.usage import Usage
 
-PHASES = (
-    "Ready",
-    "Asleep",
-    "Starting",
-    "Downloading",
-    "Draining",
-    "Failed",
-    "Unschedulable",
-    "Stale",
-)
+PHASES = tuple(Phase)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 COLD_START_BUCKETS = (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200)
 

@@ -34,11 +34,10 @@ from proxy.channel import AsgiDownstream, ClientGone, Downstream
 from proxy.core import ProxyCore
 from proxy.errors import ProxyError
 from proxy.forward import BrokenReply, Relayed, classify, is_sse, pump, relay, request_headers
-from proxy.gateway import ModelRoute, Unavailable
+from proxy.gateway import ModelRoute, Phase, Unavailable
 from proxy.queueing import ModelQueue, QueueFull, QueueTimeout, resolve_priority
 from proxy.request import DISCONNECTED, Exchange, Outgoing, finish, pick_headers, target
 from proxy.upstream import Reply, UpstreamError
-from proxy.wake import READY
 
 log = logging.getLogger("modelplane.proxy")
 
@@ -274,7 +273,7 @@ class OpenAIRoutes:
         name = route.name
         queue = self.core.queues.get(name)
         limit = route.max_concurrency
-        ready = route.endpoint if route.phase == READY else None
+        ready = route.endpoint if route.phase == Phase.READY else None
         if ready and queue.try_acquire(limit):
             # The usual case: nothing is awaited before begin_request, so nothing can have
             # changed since the route was looked up.
@@ -316,7 +315,7 @@ class OpenAIRoutes:
     async def _ready_endpoint(self, down: Downstream, route: ModelRoute, stream: bool) -> str:
         """The endpoint of a Ready model at once; else wake it (a stream starts its SSE reply
         now and gets ``: loading`` comments while it waits)."""
-        if route.phase == READY and route.endpoint:
+        if route.phase == Phase.READY and route.endpoint:
             return route.endpoint
         future = self.core.waker.pending(route.name)
         if stream and not down.started:
@@ -344,7 +343,7 @@ class OpenAIRoutes:
         route = self.gateway.route(name)
         if route is None:
             raise errors.model_not_found(name)
-        if route.phase == READY and route.endpoint:
+        if route.phase == Phase.READY and route.endpoint:
             return route.endpoint
         return await self._ready_endpoint(down, route, stream=False)
 

@@ -11,10 +11,9 @@ import asyncio
 import logging
 import time
 
-from proxy.gateway import Gateway
+from proxy.gateway import Gateway, Phase
 from proxy.metrics import ProxyMetrics
 
-READY = "Ready"
 log = logging.getLogger("modelplane.proxy")
 
 
@@ -46,7 +45,7 @@ class Waker:
 
     async def _wake(self, model: str) -> str:
         route = self._gateway.route(model)
-        cold = route is None or route.phase != READY or not route.endpoint
+        cold = route is None or route.phase != Phase.READY or not route.endpoint
         start = time.monotonic()
         try:
             endpoint = await self._gateway.wake(model)

@@ -1,7 +1,12 @@
-"""The ``modelplane`` command line (DESIGN.md §3).
+"""The ``modelplane`` command line (the README's "Command line" table).
 
 Exit codes are part of the contract: ``validate`` 0 valid / 1 invalid; ``plan`` 0 no changes /
 2 changes pending / 1 invalid; ``apply`` 0 converged / 1 failures.
+
+``plan``, ``apply``, ``run``, ``validate``, ``doctor`` and ``gc`` take the manifest directory
+(``DIR``, default ``./manifests`` or ``$MODELPLANE_DIR``). The others talk about a modelplane
+found by :mod:`.locate` and go through the running service's admin API when one is up (what they
+print is then what the service sees), else read the state database.
 """
 
 from __future__ import annotations
@@ -10,30 +15,32 @@ import asyncio
 import contextlib
 import json
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
-from reconciler.control.controller import Controller, PassResult, PlanResult
-from reconciler.control.gpuplan import (
-    GpuState,
-    estimate_json,
-    placement_text,
-    schedule_json,
-    static_pins_problem,
-)
+from reconciler.control.controller import Controller
+from reconciler.control.engine import ApplyResult, Engine, PassReport
+from reconciler.control.snapshot import take_snapshot
+from reconciler.gitops.applied import applied_line, dirty_warning, history
+from reconciler.gitops.pull_mode import attach_for_cli
+from reconciler.gpus.pins import static_pins_problem
 from reconciler.manifests import manifest_set as manifest_sets
 from reconciler.manifests.loader import ManifestError
 from reconciler.manifests.schema import json_schema
-from reconciler.units import format_duration, format_size
+from reconciler.state import run_record
+from reconciler.state.store import Store
+
+from . import views
+from .client import ServiceClient, ServiceError
+from .locate import Located, NotFound, locate
+from .plan_view import actions_table, plan_json
 
 app = typer.Typer(
     name="modelplane",
@@ -56,8 +63,13 @@ DEFAULT_DIR = os.environ.get("MODELPLANE_DIR", "manifests")
 DirArg = Annotated[
     Path, typer.Argument(help="Manifest directory (env MODELPLANE_DIR).", show_default=True)
 ]
-DirOption = Annotated[
-    Path, typer.Option("--dir", "-d", help="Manifest directory (finds the Node's stateDir).")
+FindOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        "-d",
+        help="Manifest directory (else $MODELPLANE_DIR, ./manifests, or the last run's state).",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 AllowEmpty = Annotated[
@@ -67,16 +79,50 @@ AllowEmpty = Annotated[
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ServiceError as exc:  # the service refused (a bad key, an unknown model)
+        err.print(f"modelplane run answered {exc}", markup=False, style="red")
+        sys.exit(1)
+    except httpx.HTTPError as exc:  # it went away in the middle
+        err.print(f"lost modelplane run: {exc}", markup=False, style="red")
+        sys.exit(1)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+def _fail(message: str) -> typer.Exit:
+    err.print(message, markup=False, style="red")
+    return typer.Exit(1)
+
+
 def _print_errors(errors: list[ManifestError]) -> None:
     for error in errors:
         err.print(str(error), markup=False, style="red")
+
+
+def _warn(warning: str) -> None:
+    err.print(f"warning: {warning}", markup=False, style="yellow")
+
+
+def _find(directory: Path | None) -> tuple[Located, ServiceClient | None]:
+    """The modelplane a command talks about, and a client of its service when one is up."""
+    try:
+        found = locate(directory)
+    except NotFound as exc:
+        raise _fail(str(exc)) from None
+    return found, ServiceClient.find(found.state_dir)
+
+
+def _offline_manifests(found: Located) -> Path:
+    if found.manifests is None:
+        raise _fail(
+            f"no modelplane run is up and the manifest directory is unknown ({found.how});"
+            " pass --dir DIR"
+        )
+    return found.manifests
 
 
 # --- validate / schema -----------------------------------------------------------------------
@@ -88,8 +134,7 @@ def validate(directory: DirArg = Path(DEFAULT_DIR)) -> None:
     try:
         result = manifest_sets.load(directory)
     except FileNotFoundError as exc:
-        err.print(str(exc), markup=False)
-        raise typer.Exit(1) from None
+        raise _fail(str(exc)) from None
     _print_errors(result.errors)
     counts = f"{len(result.models)} models, {len(result.engine_docs)} engines"
     if result.errors:
@@ -112,39 +157,13 @@ def schema() -> None:
 # --- plan / apply ----------------------------------------------------------------------------
 
 
-def _plan_json(result: PlanResult) -> dict[str, Any]:
-    """Starts that wait for evictions or cannot be placed are listed too (apply would try
-    them); ``gpus`` says where each start goes, or why it waits or cannot."""
-    actions = [*result.actions, *result.gpus.deferred]
-    return {
-        "actions": [{"kind": a.kind, "model": a.model, "cause": a.cause} for a in actions],
-        "errors": [str(e) for e in result.manifests.errors],
-        "refused": result.refused,
-        "unavailable": result.unavailable,
-        "weightsProblems": result.weights_problems,
-        "models": {
-            name: {
-                "specHash": m.spec_hash,
-                "runtime": m.runtime,
-                "pinned": m.pinned,
-                "estimate": estimate_json(result.gpus.estimates.get(name)),
-            }
-            for name, m in result.desired.models.items()
-        },
-        "gpus": schedule_json(result.gpus),
-    }
-
-
-def _actions_table(result: PlanResult) -> Table:
-    table = Table(box=None, pad_edge=False)
-    for column in ("ACTION", "MODEL", "CAUSE"):
-        table.add_column(column)
-    for action in [*result.actions, *result.gpus.deferred]:
-        where = placement_text(action, result.gpus)
-        table.add_row(
-            action.kind, action.model, f"{action.cause}; {where}" if where else action.cause
-        )
-    return table
+async def _pull(controller: Controller, fetch: bool) -> str | None:
+    """Pull mode (Node.git): ``apply`` fetches once, ``plan``/``status`` use what is checked out.
+    Returns the warning, if any."""
+    _, warning = await attach_for_cli(
+        controller.source, controller.store, controller.state_dir, fetch
+    )
+    return warning
 
 
 @app.command("plan")
@@ -158,61 +177,73 @@ def plan_command(
     Exit 0: no changes; 2: changes pending; 1: invalid manifests (or prune refused).
     """
 
-    async def go() -> PlanResult:
+    async def go() -> tuple[Engine, PassReport, str | None]:
         async with await Controller.open(directory) as controller:
-            await _pull(controller, fetch=False)
-            return await controller.plan(allow_empty=allow_empty)
+            warning = await _pull(controller, fetch=False)
+            engine = await Engine.offline(controller, allow_empty=allow_empty)
+            return engine, await engine.plan(), warning
 
     try:
-        result = _run(go())
+        engine, report, warning = _run(go())
     except FileNotFoundError as exc:
-        err.print(str(exc), markup=False)
-        raise typer.Exit(1) from None
+        raise _fail(str(exc)) from None
+    if engine.manifests is None:
+        raise _fail(engine.load_error or f"cannot read {directory}")
+    if warning:
+        _warn(warning)
     if as_json:
-        sys.stdout.write(json.dumps(_plan_json(result), indent=2) + "\n")
+        sys.stdout.write(json.dumps(plan_json(engine, report), indent=2) + "\n")
     else:
-        _print_errors(result.manifests.errors)
-        for runtime, why in result.unavailable.items():
+        _print_errors(engine.manifests.errors)
+        for runtime, why in engine.unavailable.items():
             err.print(f"runtime {runtime} unavailable: {why}", markup=False)
-        if result.refused:
-            err.print(result.refused, markup=False)
-        for name, problem in result.weights_problems.items():
+        if report.refused:
+            err.print(report.refused, markup=False)
+        for name, problem in engine.weights_problems.items():
             err.print(f"{name}: weights unavailable: {problem}", markup=False)
-        if result.gpus.pins:
-            err.print(f"error: {result.gpus.pins}", markup=False)
-        if result.actions or result.gpus.deferred:
-            out.print(_actions_table(result))
-        elif not result.refused:
+        if engine.pins:
+            err.print(f"error: {engine.pins}", markup=False)
+        if report.actions or report.deferred:
+            out.print(actions_table(report, bool(engine.inventory.gpus)))
+        elif not report.refused:
             out.print("no changes: everything is as the manifests say")
-    if result.manifests.errors or result.refused or result.gpus.pins or result.weights_problems:
+    if engine.manifests.errors or report.refused or engine.pins or engine.weights_problems:
         raise typer.Exit(1)
-    raise typer.Exit(2 if result.actions or result.gpus.deferred else 0)
+    raise typer.Exit(2 if report.actions or report.deferred else 0)
 
 
 @app.command()
 def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False) -> None:
-    """One converging pass: start pinned models, recreate changed ones, prune removed ones.
+    """Converge once: download weights, start pinned models, recreate changed ones, prune
+    removed ones, unload idle ones, until nothing is left to do.
 
     Exit 0: converged; 1: something failed (with the reason).
     """
+    from reconciler.ops.alerts import EventNotifications
 
-    pull_warning: str | None = None
     from .weights import DownloadBars
 
-    async def go() -> PassResult:
-        nonlocal pull_warning
-        from reconciler.ops.alerts import EventNotifications
+    pull_warning: str | None = None
 
+    async def go() -> ApplyResult:
+        nonlocal pull_warning
         notifications = EventNotifications()
         async with await Controller.open(directory) as controller:
             try:
-                manifests, _ = await controller.load(online=False, persist=False)
+                manifests = manifest_sets.load(directory, await controller.store.documents())
                 node_name = manifests.node_doc.name if manifests.node_doc else None
                 notifications.configure(manifests.node.notify, node_name)
                 controller.store.listeners.append(notifications.on_event)
                 pull_warning = await _pull(controller, fetch=True)
+                engine = await Engine.offline(controller, allow_empty=allow_empty)
                 with DownloadBars(err) as bars:
-                    return await controller.apply(allow_empty=allow_empty, on_progress=bars.update)
+                    engine.on_progress = bars.update
+                    result = await engine.apply()
+                outcome = "refused" if result.refused else "ok" if result.ok else "failed"
+                await controller.store.update_generation(
+                    result.generation, outcome, _summary(result)
+                )
+                return result
             finally:
                 await notifications.aclose()
 
@@ -220,8 +251,9 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
     try:
         result = _run(go())
     except FileNotFoundError as exc:
-        err.print(str(exc), markup=False)
-        raise typer.Exit(1) from None
+        raise _fail(str(exc)) from None
+    if pull_warning:
+        _warn(pull_warning)
     _print_errors(result.manifests.errors)
     if result.manifests.errors:
         err.print("invalid documents keep their last valid version; the rest was applied")
@@ -231,8 +263,8 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
         err.print(result.refused, markup=False)
     for name, problem in result.weights_problems.items():
         err.print(f"FAIL  {name}: weights unavailable: {problem}", markup=False)
-    if result.gpus.pins:
-        err.print(f"error: {result.gpus.pins}", markup=False)
+    if result.pins:
+        err.print(f"error: {result.pins}", markup=False)
     for outcome in result.outcomes:
         if outcome.ok:
             where = f" → {outcome.instance.endpoint}" if outcome.instance else ""
@@ -241,6 +273,8 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
             out.print(f"ok    {outcome.action}{on}{where}", markup=False)
         else:
             err.print(f"FAIL  {outcome.action}: {outcome.message}", markup=False)
+    for action, reason in result.unschedulable:
+        err.print(f"FAIL  {action}: unschedulable: {reason}", markup=False)
     took = time.monotonic() - started
     if not result.ok or result.manifests.errors or pull_warning:
         err.print(f"generation {result.generation}: not converged ({took:.1f}s)", markup=False)
@@ -249,15 +283,16 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
     out.print(f"generation {result.generation}: converged, {what} ({took:.1f}s)")
 
 
-async def _pull(controller: Controller, fetch: bool) -> str | None:
-    """Pull mode (Node.git): ``apply`` fetches once, ``plan``/``status`` use what is checked out.
-    Prints and returns the warning, if any."""
-    from reconciler.control.pull_mode import attach_for_cli
-
-    _, warning = await attach_for_cli(controller, fetch)
-    if warning:
-        err.print(f"warning: {warning}", markup=False, style="yellow")
-    return warning
+def _summary(result: ApplyResult) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "models": {name: m.spec_hash for name, m in result.desired.models.items()},
+        "errors": [str(e) for e in result.manifests.errors],
+        "actions": [str(o.action) for o in result.outcomes],
+        "failures": [f"{o.action}: {o.message}" for o in result.failures],
+    }
+    if result.refused:
+        summary["refused"] = result.refused
+    return summary
 
 
 # --- run / down ------------------------------------------------------------------------------
@@ -287,182 +322,221 @@ def run(
 
 
 @app.command()
-def down(directory: DirOption = Path(DEFAULT_DIR)) -> None:
-    """Stop and remove every backend modelplane manages (processes and containers)."""
-
-    async def go() -> tuple[int, dict[str, str]]:
-        async with await Controller.open(directory) as controller:
+def down(directory: FindOption = None) -> None:
+    """Stop and remove every backend modelplane manages (processes and containers); a running
+    ``modelplane run`` stops them and then exits."""
+    found, client = _find(directory)
+    if client is not None:
+        with client:
             try:
-                _, desired = await controller.load(online=False)
-                names = {"process", desired.node.runtime}
-                names |= {m.runtime for m in desired.models.values()}
-            except FileNotFoundError:
-                names = {"process"}
-            instances, unavailable = await controller.runtimes.list(names)
-            stopped = 0
-            for inst in instances:
-                if inst.managed:
-                    await controller.runtimes.get(inst.runtime).stop(inst)
-                    await controller.store.add_event(
-                        "Stopped", "stopped by modelplane down", inst.model
-                    )
-                    out.print(f"stopped {inst.model} ({inst.runtime} {inst.ident})", markup=False)
-                    stopped += 1
-            return stopped, unavailable
-
-    stopped, unavailable = _run(go())
+                result = client.down()
+            except ServiceError as exc:
+                raise _fail(str(exc)) from None
+        for inst in result["stopped"]:
+            out.print(f"stopped {inst['model']} ({inst['runtime']} {inst['id']})", markup=False)
+        _wait_exit(client.record.pid)
+        out.print(
+            f"{len(result['stopped'])} backend(s) stopped; modelplane run (pid {client.record.pid})"
+            " exited"
+        )
+        unavailable = result["unavailable"]
+    else:
+        stopped, unavailable = _run(_down_offline(found))
+        out.print(f"{stopped} backend(s) stopped")
     for runtime, why in unavailable.items():
         err.print(f"runtime {runtime} unavailable: {why}", markup=False)
-    out.print(f"{stopped} backend(s) stopped")
     if unavailable:
         raise typer.Exit(1)
 
 
-# --- status / events / logs ------------------------------------------------------------------
+async def _down_offline(found: Located) -> tuple[int, dict[str, str]]:
+    directory = found.manifests or Path(DEFAULT_DIR)
+    async with await Controller.open(directory, found.state_dir) as controller:
+        try:
+            _, desired = await controller.load(online=False, persist=False)
+            names = {"process", desired.node.runtime}
+            names |= {m.runtime for m in desired.models.values()}
+        except FileNotFoundError:
+            names = {"process"}
+        instances, unavailable = await controller.runtimes.list(names)
+        stopped = 0
+        for inst in instances:
+            if inst.managed:
+                await controller.runtimes.get(inst.runtime).stop(inst)
+                await controller.store.add_event(
+                    "Stopped", "stopped by modelplane down", inst.model
+                )
+                out.print(f"stopped {inst.model} ({inst.runtime} {inst.ident})", markup=False)
+                stopped += 1
+        return stopped, unavailable
+
+
+def _wait_exit(pid: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while run_record.process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+# --- status / events / logs / history ----------------------------------------------------------
 
 
 @app.command()
-def status(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False) -> None:
-    """Models (phase, sync, endpoint, idle time) as the runtimes and the database see them."""
-
-    from reconciler.control.pull_mode import attach_for_cli
-    from reconciler.gitops.applied import applied, applied_line, dirty_warning
-    from reconciler.gpus.inventory import gpu_table, inventory_json
-
-    async def go() -> tuple[list[Any], GpuState, Any, list[str]]:
-        async with await Controller.open(directory) as controller:
-            mode, warning = await attach_for_cli(controller, fetch=False)
-            rows, gpus = await controller.status(), await controller.gpu_state()
-            generation = await controller.store.last_generation()
-            if mode is None:  # the work tree as it is now, not as it was applied
-                warning = dirty_warning(await controller.git_info())
-            return rows, gpus, generation, [warning] if warning else []
-
-    try:
-        rows, gpus, generation, warnings = _run(go())
-    except FileNotFoundError as exc:
-        err.print(str(exc), markup=False)
-        raise typer.Exit(1) from None
+def status(directory: FindOption = None, as_json: JsonOption = False) -> None:
+    """Models (phase, sync, endpoint, idle time, why) and GPUs: the running service's view
+    when ``modelplane run`` is up, else the runtimes and the database."""
+    found, client = _find(directory)
+    if client is not None:
+        with client:
+            data = client.status()
+    else:
+        data = _run(_offline_status(_offline_manifests(found), found.state_dir))
     if as_json:
-        data = {
-            "models": [r.as_dict() for r in rows],
-            "gpus": inventory_json(gpus.inventory, gpus.all_claims),
-            "applied": applied(generation),
-            "warnings": warnings,
-        }
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    table = Table(box=None, pad_edge=False)
-    columns = ("MODEL", "PHASE", "SYNC", "RUNTIME", "GPUS", "ENDPOINT", "IDLE", "REVISION")
-    for column in (*columns, "SIZE", "QUANT", "REASON"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        idle = format_duration(row.idle_for) if row.idle_for is not None else "-"
-        name = row.name + (" (pinned)" if row.pinned else "")
-        name += " (loaded by hand)" if row.override else ""
-        table.add_row(
-            name,
-            row.phase,
-            row.sync,
-            row.runtime,
-            ",".join(map(str, row.gpus)) or "-",
-            row.endpoint or "-",
-            idle,
-            (row.revision or "-")[:12],
-            format_size(row.size) if row.size is not None else "-",
-            row.quantization or "-",
-            escape(row.reason),
+    out.print(views.models_table(data["models"]))
+    if data["gpus"].get("gpus"):
+        out.print(views.gpu_table(data["gpus"]))
+    out.print(data["applied"]["text"] if data.get("applied") else applied_line(None), markup=False)
+    for error in data.get("errors", []):
+        err.print(error, markup=False, style="red")
+    for warning in data.get("warnings", []):
+        _warn(warning)
+
+
+async def _offline_status(directory: Path, state_dir: Path) -> dict[str, Any]:
+    """What a fresh ``run`` would see now (phases it left in the database included)."""
+    async with await Controller.open(directory, state_dir) as controller:
+        warning = await _pull(controller, fetch=False)
+        engine = await Engine.offline(controller, online=False)
+        await engine.plan()
+        if engine.manifests is None:
+            raise _fail(engine.load_error or f"cannot read {directory}")
+        if warning is None and controller.source.revision is None:
+            # the work tree as it is now, not as it was applied
+            warning = dirty_warning(await controller.source.git_info())
+        snapshot = take_snapshot(
+            engine,
+            generation=await controller.store.last_generation(),
+            warnings=(warning,) if warning else (),
         )
-    out.print(table)
-    out.print(gpu_table(gpus.inventory, gpus.all_claims, gpus.reserve))
-    out.print(applied_line(generation), markup=False)
-    for warning in warnings:
-        err.print(f"warning: {warning}", markup=False, style="yellow")
+        return snapshot.as_json()
 
 
 @app.command()
 def events(
-    directory: DirOption = Path(DEFAULT_DIR),
+    directory: FindOption = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="Only this model.")] = None,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new ones.")] = False,
     limit: Annotated[int, typer.Option("--limit", "-n")] = 50,
 ) -> None:
     """The event log: what modelplane did and why."""
-
-    async def go() -> None:
-        async with await Controller.open(directory) as controller:
-            last_id = 0
-            for event in await controller.store.events(model=model, limit=limit):
-                _print_event(event.as_dict())
-                last_id = event.id
-            while follow:
-                await asyncio.sleep(0.5)
-                for event in await controller.store.events(model=model, after_id=last_id):
-                    _print_event(event.as_dict())
-                    last_id = event.id
-
+    found, client = _find(directory)
     with contextlib.suppress(KeyboardInterrupt):
-        _run(go())
+        if client is not None:
+            with client:
+                if follow:
+                    for event in client.follow_events(model, limit):
+                        out.print(views.event_line(event), markup=False)
+                else:
+                    for event in client.events(model, limit):
+                        out.print(views.event_line(event), markup=False)
+            return
+        _run(_offline_events(found.state_dir, model, follow, limit))
 
 
-def _print_event(event: dict[str, Any]) -> None:
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["time"]))
-    model = event["model"] or "-"
-    out.print(f"{when}  {event['kind']:<12} {model:<20} {event['message']}", markup=False)
+async def _offline_events(state_dir: Path, model: str | None, follow: bool, limit: int) -> None:
+    async with await Store.open(state_dir / "modelplane.db") as store:
+        last_id = 0
+        for event in await store.events(model=model, limit=limit):
+            out.print(views.event_line(event.as_dict()), markup=False)
+            last_id = event.id
+        while follow:
+            await asyncio.sleep(0.5)
+            for event in await store.events(model=model, after_id=last_id):
+                out.print(views.event_line(event.as_dict()), markup=False)
+                last_id = event.id
 
 
 @app.command()
 def logs(
     model: str,
-    directory: DirOption = Path(DEFAULT_DIR),
+    directory: FindOption = None,
     lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
 ) -> None:
     """The tail of a model backend's log."""
-
-    async def go() -> str:
-        async with await Controller.open(directory) as controller:
-            _, desired = await controller.load(online=False)
-            runtime = desired.models[model].runtime if model in desired.models else "process"
-            return await controller.runtimes.get(runtime).logs(model, lines)
-
-    text = _run(go())
+    found, client = _find(directory)
+    if client is not None:
+        with client:
+            text = client.logs(model, lines)
+    else:
+        text = _run(_offline_logs(found, model, lines))
     if not text:
-        err.print(f"no log for {model}", markup=False)
-        raise typer.Exit(1)
+        raise _fail(f"no log for {model}")
     sys.stdout.write(text + "\n")
 
 
-# --- gitops and operations ----------------------------------------------------------------------
+async def _offline_logs(found: Located, model: str, lines: int) -> str:
+    directory = found.manifests or Path(DEFAULT_DIR)
+    async with await Controller.open(directory, found.state_dir) as controller:
+        runtime = "process"
+        with contextlib.suppress(FileNotFoundError):
+            _, desired = await controller.load(online=False, persist=False)
+            if model in desired.models:
+                runtime = desired.models[model].runtime
+        return await controller.runtimes.get(runtime).logs(model, lines)
 
 
-@app.command()
-def history(
-    directory: DirOption = Path(DEFAULT_DIR),
+@app.command("history")
+def history_command(
+    directory: FindOption = None,
     limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
 ) -> None:
     """Applied generations: time, git commit, outcome, and which models changed."""
-    from reconciler.gitops.worktree import changes_between
+    found, client = _find(directory)
+    if client is not None:
+        with client:
+            rows = client.history(limit)
+    else:
 
-    async def go() -> list[Any]:
-        async with await Controller.open(directory) as controller:
-            return await controller.store.generations(limit=limit + 1)
+        async def go() -> list[dict[str, Any]]:
+            async with await Store.open(found.state_dir / "modelplane.db") as store:
+                return history(await store.generations(limit=limit + 1), limit)
 
-    generations = list(reversed(_run(go())))
-    table = Table(box=None, pad_edge=False)
-    for column in ("GEN", "TIME", "COMMIT", "OUTCOME", "CHANGES"):
-        table.add_column(column)
-    rows = []
-    for before, gen in zip([None, *generations], generations, strict=False):
-        old = before.summary.get("models", {}) if before else {}
-        changes = changes_between(old, gen.summary.get("models", {}))
-        commit = (gen.git_commit or "-")[:12] + (" (dirty)" if gen.git_dirty else "")
-        subject = gen.summary.get("git", {}).get("subject", "")
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(gen.time))
-        detail = changes.summary() + (f"  [{subject}]" if subject else "")
-        rows.append((str(gen.id), when, commit, gen.outcome, detail))
-    for row in rows[-limit:]:
-        table.add_row(*(escape(cell) for cell in row))  # "[subject]" is not rich markup
-    out.print(table)
+        rows = _run(go())
+    out.print(views.history_table(rows))
+
+
+# --- load / unload -----------------------------------------------------------------------------
+
+
+def _by_hand(action: str, model: str, directory: Path | None) -> None:
+    found, client = _find(directory)
+    if client is None:
+        raise _fail(
+            f"no modelplane run is up ({found.how}): {action} acts on the running service;"
+            " start it with `modelplane run`"
+        )
+    with client:
+        try:
+            result = client.load(model) if action == "load" else client.unload(model)
+        except ServiceError as exc:
+            raise _fail(f"{action} {model}: {exc}") from None
+    out.print(f"{result['model']}: {result['phase']}", markup=False)
+
+
+@app.command()
+def load(model: str, directory: FindOption = None) -> None:
+    """Start a model and keep it loaded (like a pin) until unloaded or its manifest changes."""
+    _by_hand("load", model, directory)
+
+
+@app.command()
+def unload(model: str, directory: FindOption = None) -> None:
+    """Unload a model now (requests in flight finish first); the next request wakes it."""
+    _by_hand("unload", model, directory)
+
+
+# --- operations ----------------------------------------------------------------------------------
 
 
 @app.command()
@@ -489,28 +563,31 @@ def doctor(directory: DirArg = Path(DEFAULT_DIR)) -> None:
 
 
 @app.command()
-def gpus(directory: DirOption = Path(DEFAULT_DIR), as_json: JsonOption = False) -> None:
+def gpus(directory: FindOption = None, as_json: JsonOption = False) -> None:
     """The GPU inventory as NVML (or the Node manifest's static list) reports it, with what
     the models modelplane runs claim on each GPU."""
-    from reconciler.gpus.inventory import gpu_table, inventory_json, node_gpus, read_inventory
-
-    async def go() -> GpuState:
-        async with await Controller.open(directory) as controller:
-            return await controller.gpu_state()
+    from reconciler.gpus.inventory import inventory_json, node_gpus, read_inventory
 
     try:
-        state = _run(go())
-    except (OSError, sqlite3.Error):  # no manifests or state here: the inventory alone
+        found: Located | None = locate(directory)
+    except NotFound:
+        found = None  # no state anywhere: the inventory alone
+    client = ServiceClient.find(found.state_dir) if found else None
+    if client is not None:
+        with client:
+            data = client.status()["gpus"]
+    elif found is not None and found.manifests is not None:
+        data = _run(_offline_status(found.manifests, found.state_dir))["gpus"]
+    else:
         try:
-            node = manifest_sets.load(directory).node
+            node = manifest_sets.load(directory or Path(DEFAULT_DIR)).node
         except FileNotFoundError:
             node = manifest_sets.NodeSpec()
-        state = GpuState(read_inventory(node_gpus(node)), reserve=node.vram_reserve)
+        data = inventory_json(read_inventory(node_gpus(node)), (), node.vram_reserve)
     if as_json:
-        data = inventory_json(state.inventory, state.all_claims)
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    out.print(gpu_table(state.inventory, state.all_claims, state.reserve))
+    out.print(views.gpu_table(data))
 
 
 @app.command()
@@ -527,7 +604,7 @@ def gc(
 
 @app.command()
 def mirror(
-    directory: DirOption = Path(DEFAULT_DIR),
+    directory: FindOption = None,
     listen: Annotated[
         str, typer.Option(help="HOST:PORT; loopback unless told otherwise (port 0: any free).")
     ] = "127.0.0.1:8401",
@@ -541,7 +618,7 @@ def mirror(
     """
     from .weights import mirror_command
 
-    raise typer.Exit(mirror_command(directory, listen, token_file, out, err))
+    raise typer.Exit(mirror_command(directory or Path(DEFAULT_DIR), listen, token_file, out, err))
 
 
 @app.command("hash-key")

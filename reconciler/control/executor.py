@@ -98,14 +98,12 @@ class Executor:
         except Exception as exc:  # runtime unavailable, docker API errors, ...
             return await self._failed(action, f"{type(exc).__name__}: {exc}")
         took = time.monotonic() - began
-        await self.store.clear_model_state(model.name)
         await self.event(
             "Started", f"{model.name} ready on {instance.endpoint} in {took:.1f}s", model.name
         )
         return Outcome(action, True, instance=instance)
 
     async def _failed(self, action: Action, message: str, permanent: bool = False) -> Outcome:
-        await self.store.set_model_state(action.model, "Failed", message)
         await self.event("Failed", f"{action}: {message}", action.model)
         return Outcome(action, False, message, permanent=permanent)
 

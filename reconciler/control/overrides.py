@@ -100,6 +100,11 @@ class Overrides:
         await self.store.clear_override(model)
         await self.store.add_event("OverrideEnded", f"load by hand ended: {why}", model)
 
+    def forget_ended(self, digests: Mapping[str, str]) -> None:
+        """Drop the overrides that ended from this view only (a dry run writes nothing)."""
+        for name in ended(self.active, digests):
+            del self.active[name]
+
     async def check(self, digests: Mapping[str, str]) -> None:
         """End the overrides whose model's manifest changed or is gone."""
         for name, why in ended(self.active, digests).items():

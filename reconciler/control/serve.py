@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import os
@@ -25,12 +26,14 @@ import uvicorn
 from litestar import Litestar
 
 from proxy.app import create_app
+from proxy.gateway import ApiKey
 from proxy.logsetup import setup_logging
 from proxy.server import http_protocol, settle_gc
 from proxy.settings import ProxySettings
 from reconciler.gpus.inventory import GpuCollector
 from reconciler.manifests.schema import ProxySpec
 from reconciler.ops.systemd import SystemdNotifier
+from reconciler.state import run_record
 
 from .controller import Controller
 from .service import Service
@@ -98,6 +101,8 @@ async def serve(
         log.info("no apiKeys: open access, on loopback only (%s)", host)
 
     service = Service(controller, allow_empty=allow_empty)
+    token = run_record.new_admin_token(controller.state_dir)
+    service.admin_key = ApiKey("modelplane-cli", hashlib.sha256(token.encode()).hexdigest())
     systemd = SystemdReporter(notifier, service)
 
     @contextlib.asynccontextmanager
@@ -123,8 +128,15 @@ async def serve(
         http=http_protocol(app),  # the proxy's own HTTP/1.1 connections (the fast path)
     )
     server = _Server(config)
-    server.on_started = systemd.ready  # the socket is bound, after the lifespan's first pass
+    url = run_record.connect_url(host, port)
+
+    def started() -> None:  # the socket is bound, after the lifespan's first pass
+        run_record.write(controller.state_dir, url, controller.manifest_dir)
+        systemd.ready()
+
+    server.on_started = started
     server.on_exit = service.end_followers
+    service.on_exit_request = lambda: on_signal(signal.SIGTERM)  # POST /api/down
 
     def on_signal(sig: int) -> None:
         systemd.stopping()
@@ -137,6 +149,7 @@ async def serve(
     try:
         await server.serve()
     finally:
+        run_record.mark_stopped(controller.state_dir)
         await systemd.stop()
     return 0 if server.started else 1
 

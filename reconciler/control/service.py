@@ -1,8 +1,8 @@
-"""``modelplane run``: the reconcile loop and the proxy in one asyncio process.
+"""``modelplane run``: the reconcile engine and its loop, as the proxy's :class:`Gateway`.
 
-:class:`Service` is the :class:`proxy.gateway.Gateway` the proxy talks to: it answers which
-models exist and where they listen, wakes asleep ones through the loop, and keeps the idle
-clocks and the request log (written to SQLite in batches, off the request path).
+:class:`Service` answers which models exist and where they listen, wakes asleep ones through the
+engine, keeps the idle clocks and the request log (written to SQLite in batches, off the request
+path), and serves the admin API from one :class:`~.snapshot.Snapshot` of the engine's state.
 """
 
 from __future__ import annotations
@@ -11,26 +11,27 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from proxy.gateway import PRIORITIES, ApiKey, ModelRoute, Refused, RequestRecord, Unavailable
-from reconciler.gitops.applied import applied, dirty_warning
+from reconciler.gitops.applied import dirty_warning, history
+from reconciler.gitops.pull_mode import PullMode
 from reconciler.gitops.worktree import GitInfo, git_info_async
-from reconciler.gpus.inventory import Inventory, inventory_json
+from reconciler.gpus.inventory import Inventory
 from reconciler.gpus.types import Claim
-from reconciler.manifests import manifest_set as manifest_sets
+from reconciler.manifests import manifest_set
 from reconciler.ops.alerts import EventNotifications
 from reconciler.ops.webhooks import display_url
 from reconciler.planning.planner import Action
-from reconciler.state.store import Event, ModelState
+from reconciler.state.store import Event, Generation
 
 from .activity import ActivityTracker
 from .controller import Controller
-from .loop import ReconcileLoop, WakeFailed, WakeUnschedulable, WeightsUnavailable
+from .engine import Engine, WakeFailed, WakeUnschedulable, WeightsUnavailable
+from .loop import ReconcileLoop
 from .overrides import manifest_digests
-from .pull_mode import PullMode
-from .status import model_statuses
+from .snapshot import Snapshot, readiness, take_snapshot
 
 log = logging.getLogger("modelplane.service")
 
@@ -41,13 +42,14 @@ WAKE_SLACK = 5.0
 
 
 class Service:
-    """Implements :class:`proxy.gateway.Gateway` on top of the reconcile loop."""
+    """Implements :class:`proxy.gateway.Gateway` on top of the reconcile engine."""
 
     def __init__(self, controller: Controller, allow_empty: bool = False) -> None:
         self.controller = controller
         self.activity = ActivityTracker()
-        self.loop = ReconcileLoop(controller, self.activity, allow_empty=allow_empty)
-        self.loop.on_change.append(self._rebuild_routes)
+        self.engine = Engine(controller, self.activity, allow_empty=allow_empty)
+        self.loop = ReconcileLoop(self.engine)
+        self.engine.on_change.append(self._rebuild_routes)
         self._routes: dict[str, ModelRoute] = {}  # by name and by alias
         self._route_list: list[ModelRoute] = []
         self._created: dict[str, int] = {}  # when this process first saw each model
@@ -59,15 +61,20 @@ class Service:
         self.pull: PullMode | None = None  # Node.git
         self.notifications = EventNotifications()  # Node.notify
         controller.store.listeners.append(self.notifications.on_event)
-        self.loop.on_change.append(self._configure_notifications)
+        self.engine.on_change.append(self._configure_notifications)
+        self.on_exit_request: Callable[[], None] = lambda: None  # `down`: serve stops the server
+        # The key of local commands (state/run_record.py), valid only where keys are required.
+        self.admin_key: ApiKey | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Continue idle clocks from the database, run the first pass, start the loop."""
-        self.activity.last_used.update(await self.controller.store.last_used())
-        await self.controller.weights.forget_interrupted()
-        await self.loop.overrides.restore()
+        store = self.controller.store
+        self.activity.last_used.update(await store.last_used())
+        for name in await store.model_states():  # a new process knows nothing of the old phases
+            await store.clear_model_state(name)
+        await self.engine.overrides.restore()
         await self._start_ops()
         self._tasks = [
             asyncio.create_task(self.loop.run(), name="reconcile loop"),
@@ -76,13 +83,14 @@ class Service:
             asyncio.create_task(self._flush_forever(), name="request log"),
             asyncio.create_task(self._watch_git(), name="git state"),
         ]
-        await self.loop.wait_first_pass()
+        await self.engine.wait_first_pass()
 
     async def _start_ops(self) -> None:
         """Webhooks and pull mode, from the directory's Node manifest, before the first pass."""
+        controller = self.controller
         try:  # only the Node is needed: no revisions resolved, nothing remembered
-            manifests = manifest_sets.load(
-                self.controller.manifest_dir, await self.controller.store.documents()
+            manifests = manifest_set.load(
+                controller.manifest_dir, await controller.store.documents()
             )
         except FileNotFoundError:
             return
@@ -90,7 +98,9 @@ class Service:
         self.notifications.configure(manifests.node.notify, node_name)
         if manifests.node.git is None:
             return
-        self.pull = PullMode(self.controller, manifests.node.git)
+        self.pull = PullMode(
+            controller.source, controller.store, controller.state_dir, manifests.node.git
+        )
         self.pull.on_revision.append(lambda: self.loop.trigger(reload=True))
         if self.pull.use_checked_out() is None:
             await self.pull.fetch()  # nothing to reconcile from until the first fetch
@@ -99,7 +109,7 @@ class Service:
             self.pull.start(now=True)  # serve the last good revision at once, then fetch
 
     def _configure_notifications(self) -> None:
-        manifests = self.loop.manifests
+        manifests = self.engine.manifests
         if manifests is not None:
             name = manifests.node_doc.name if manifests.node_doc else None
             self.notifications.configure(manifests.node.notify, name)
@@ -112,9 +122,9 @@ class Service:
             return (info.sha, info.dirty_files) if info else ()
 
         while True:
-            desired = self.loop.desired
+            desired = self.engine.desired
             await asyncio.sleep(desired.node.resync if desired else 1.0)
-            if self.pull is not None or self.loop.passes == 0:
+            if self.pull is not None or self.engine.passes == 0:
                 continue
             info = await git_info_async(self.controller.manifest_dir)
             if key(info) != key(self.controller.git):
@@ -127,7 +137,7 @@ class Service:
             await self.pull.stop()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self.loop.busy.values(), return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._flush()
         await self.notifications.aclose()
         await self.controller.close()
@@ -135,21 +145,21 @@ class Service:
     # --- routes -----------------------------------------------------------------------------
 
     def _rebuild_routes(self) -> None:
-        desired = self.loop.desired
+        engine = self.engine
+        desired = engine.desired
         if desired is None:
             return
         routes: dict[str, ModelRoute] = {}
         listing = []
         for name, model in desired.models.items():
-            phase = self.loop.phases.get(name)
             route = ModelRoute(
                 name=name,
                 aliases=tuple(model.spec.aliases),
-                phase="Ready" if name in self.loop.ready else (phase.name if phase else "Asleep"),
+                phase=engine.phase_of(name).phase,
                 priority=PRIORITIES[model.spec.priority],
                 max_concurrency=model.spec.max_concurrency,
                 startup_timeout=model.spec.startup_timeout,
-                endpoint=self.loop.ready.get(name),
+                endpoint=engine.ready.get(name),
                 created=self._created.setdefault(name, int(time.time())),
                 labels=dict(model.labels),
             )
@@ -166,48 +176,48 @@ class Service:
         return self._routes.get(name)
 
     async def wake(self, model: str) -> str:
-        endpoint = self.loop.ready.get(model)
+        engine = self.engine
+        endpoint = engine.ready.get(model)
         if endpoint is not None:
             return endpoint
-        desired = self.loop.desired
+        desired = engine.desired
         if desired is None or model not in desired.models:
             raise Unavailable(f"model {model!r} is not served here", status=404)
-        spec = desired.models[model].spec
-        if spec.suspend:
+        wanted = desired.models[model]
+        if wanted.spec.suspend:
             raise Unavailable(f"{model} is suspended and not running", retry_after=60)
-        down = self.loop.unavailable.get(desired.models[model].runtime)
+        down = engine.unavailable.get(wanted.runtime)
         if down is not None:
             raise Unavailable(f"{model} cannot start: runtime unavailable: {down}", 503, 5.0)
-        failure = self.loop.backoff.get(model, desired.models[model].spec_hash)
+        failure = engine.backoff.get(model, wanted.spec_hash)
         if failure is not None and failure.permanent:  # retrying cannot help: say so at once
             raise Unavailable(f"{model} failed: {failure.reason} (fix the manifest)", 503, 60.0)
-        phase = self.loop.phases.get(model)
+        state = engine.phase_of(model)
         now = time.time()
-        if phase and phase.name == "Failed" and phase.retry_at and phase.retry_at > now:
+        if state.phase == "Failed" and state.retry_at and state.retry_at > now:
             raise Unavailable(
-                f"{model} failed: {phase.reason}; next start in {phase.retry_at - now:.0f}s",
+                f"{model} failed: {state.reason}; next start in {state.retry_at - now:.0f}s",
                 503,
-                phase.retry_at - now,
+                state.retry_at - now,
             )
         try:
-            return await self.loop.wake(model, spec.startup_timeout + WAKE_SLACK)
+            return await engine.wake(model, wanted.spec.startup_timeout + WAKE_SLACK)
         except WeightsUnavailable as exc:
-            phase = self.loop.phases.get(model)
-            retry = max(1.0, (phase.retry_at or 0) - time.time()) if phase else 30.0
+            retry = max(1.0, (engine.phase_of(model).retry_at or 0) - time.time())
             raise Unavailable(f"{model}: weights unavailable: {exc}", 503, retry) from None
         except WakeFailed as exc:
-            phase = self.loop.phases.get(model)
-            retry = max(1.0, (phase.retry_at or time.time()) - time.time()) if phase else 5.0
+            retry = max(1.0, (engine.phase_of(model).retry_at or time.time()) - time.time())
             raise Unavailable(f"{model} failed to start: {exc}", 502, retry) from None
         except WakeUnschedulable as exc:
             raise Unavailable(f"{model} cannot be placed: {exc}", 503, 30.0) from None
         except TimeoutError:
-            if model in self.loop.downloads:
+            if model in engine.downloads:
                 raise Unavailable(
                     f"{model} is still downloading its weights; retry later", 503, 30.0
                 ) from None
             raise Unavailable(
-                f"{model} did not become ready within {spec.startup_timeout:.0f}s (startupTimeout)",
+                f"{model} did not become ready within {wanted.spec.startup_timeout:.0f}s"
+                " (startupTimeout)",
                 503,
                 10.0,
             ) from None
@@ -217,18 +227,19 @@ class Service:
 
     def end_request(self, model: str) -> None:
         if self.activity.end(model) == 0:
-            if self.loop.waiting_for_room:
+            engine = self.engine
+            if engine.waiting_for_room:
                 self.loop.trigger()  # this model may now be evicted for one that waits
-            desired = self.loop.desired
-            model_spec = desired.models.get(model) if desired else None
-            if model_spec is not None and model_spec.spec.stay_warm == 0:
+            desired = engine.desired
+            wanted = desired.models.get(model) if desired else None
+            if wanted is not None and wanted.spec.stay_warm == 0:
                 self.loop.trigger()  # stayWarm 0: unload right after use
-            elif model_spec is not None and not model_spec.pinned:
-                self.loop.rearm(time.time() + model_spec.spec.stay_warm)  # idle from now
+            elif wanted is not None and not wanted.pinned:
+                self.loop.rearm(time.time() + wanted.spec.stay_warm)  # idle from now
 
     def backend_failed(self, model: str, reason: str) -> None:
         log.warning("backend failed: %s: %s", model, reason)
-        self.loop.backend_failed(model, reason)
+        self.engine.backend_failed(model, reason)
         asyncio.get_running_loop().create_task(
             self.controller.store.add_event("BackendFailed", reason, model)
         )
@@ -237,82 +248,50 @@ class Service:
         self._records.append(record)
 
     def api_keys(self) -> list[ApiKey]:
-        desired = self.loop.desired
+        desired = self.engine.desired
         if desired is None:
             return []
-        return [ApiKey(k.name, k.sha256, tuple(k.models)) for k in desired.node.api_keys]
+        keys = [ApiKey(k.name, k.sha256, tuple(k.models)) for k in desired.node.api_keys]
+        if keys and self.admin_key:  # (no keys: open on loopback, the CLI needs none)
+            keys.append(self.admin_key)
+        return keys
 
     # --- admin ------------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, str]:
-        if self.loop.passes == 0:
-            return False, "first reconcile pass not done yet"
-        if self.loop.unavailable:
-            why = "; ".join(f"{r}: {m}" for r, m in self.loop.unavailable.items())
-            return False, f"runtime unavailable: {why}"
-        if self.loop.load_error:
-            return False, self.loop.load_error
-        return True, "ok"
+        return readiness(self.engine)
 
     def gpu_snapshot(self) -> tuple[Inventory, list[Claim]]:
         """The GPUs as of the last pass, and the claims of the models that run or start."""
-        return self.loop.inventory, [c for cs in self.loop.claims.values() for c in cs]
+        return self.engine.inventory, [c for cs in self.engine.claims.values() for c in cs]
+
+    async def snapshot(self) -> Snapshot:
+        """What every view shows (``/api/status``, ``modelplane status``, the dashboard)."""
+        return self.snapshot_now(await self.controller.store.last_generation())
+
+    def snapshot_now(self, generation: Generation | None = None) -> Snapshot:
+        """The same, without the applied generation's record (a database read): for the
+        synchronous readers (the systemd status line)."""
+        return take_snapshot(
+            self.engine,
+            generation=generation,
+            warnings=tuple(w for w in self._warnings() if w),
+            extra=self._ops_status(),
+        )
 
     async def status(self) -> dict[str, Any]:
-        desired = self.loop.desired
-        gpus = inventory_json(*self.gpu_snapshot())
-        if desired is None:
-            return {"models": [], "gpus": gpus, "error": self.loop.load_error}
-        states = {
-            name: ModelState(name, p.name, p.reason, p.since, p.retry_at)
-            for name, p in self.loop.phases.items()
-            if p.name in ("Failed", "Unschedulable", "Starting", "Draining", "Downloading")
-        }
-        health = {name: True for name in self.loop.ready}
-        weights = await self.controller.weights.info(desired, set(self.loop.downloads))
-        rows = model_statuses(
-            desired,
-            self.loop.actual,
-            states,
-            self.activity.snapshot(),
-            health,
-            time.time(),
-            self.loop.unavailable,
-            weights=weights,
-            overrides=self.loop.overrides.descriptions(),
-        )
-        models = []
-        for row in rows:
-            entry = row.as_dict()
-            phase = self.loop.phases.get(row.name)
-            if row.name in self.loop.busy and phase:
-                entry["phase"], entry["reason"] = phase.name, phase.reason
-            elif row.name in self.loop.ready:
-                entry["phase"], entry["endpoint"] = "Ready", self.loop.ready[row.name]
-            entry["retryAt"] = phase.retry_at if phase else None
-            models.append(entry)
-        return {
-            "generation": self.loop.generation,
-            "models": models,
-            "gpus": gpus,
-            "errors": [str(e) for e in self.loop.manifests.errors] if self.loop.manifests else [],
-            "runtimesUnavailable": self.loop.unavailable,
-            **await self._ops_status(),
-        }
+        return (await self.snapshot()).as_json()
 
-    async def _ops_status(self) -> dict[str, Any]:
-        """Where the manifests in force come from, and what the user should know about it."""
-        warnings = []
+    def _warnings(self) -> list[str | None]:
         if self.pull is not None:
-            warnings.append(self.pull.warning())
-        else:
-            warnings.append(dirty_warning(self.controller.git))
+            return [self.pull.warning()]
+        return [dirty_warning(self.controller.git)]
+
+    def _ops_status(self) -> dict[str, Any]:
+        """Where the manifests in force come from (pull mode), and the webhooks' deliveries."""
         notifier = self.notifications.notifier
-        git = self.pull.status() if self.pull else None  # read together with the warnings
         return {
-            "warnings": [w for w in warnings if w],
-            "git": git,
-            "applied": applied(await self.controller.store.last_generation()),
+            "git": self.pull.status() if self.pull else None,
             "notifications": {
                 display_url(url): vars(stats) for url, stats in notifier.stats().items()
             }
@@ -346,52 +325,85 @@ class Service:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(event)
 
+    async def history(self, limit: int = 20) -> list[dict[str, Any]]:
+        return history(await self.controller.store.generations(limit=limit + 1), limit)
+
+    async def logs(self, model: str, lines: int = 50) -> str:
+        desired = self.engine.desired
+        wanted = desired.models.get(model) if desired else None
+        runtime = wanted.runtime if wanted else "process"
+        return await self.controller.runtimes.get(runtime).logs(model, lines)
+
     async def reconcile(self) -> dict[str, Any]:
         if self.pull is not None:
             await self.pull.fetch()  # a failure is reported; the last good revision stays
         self.loop.trigger(reload=True)
-        await self.loop.pass_once()
+        await self.engine.pass_once()
+        engine = self.engine
         return {
-            "generation": self.loop.generation,
-            "errors": [str(e) for e in self.loop.manifests.errors] if self.loop.manifests else [],
-            "busy": sorted(self.loop.busy),
+            "generation": engine.generation,
+            "errors": [str(e) for e in engine.manifests.errors] if engine.manifests else [],
+            "busy": sorted(engine.busy),
             "git": self.pull.status() if self.pull else None,
         }
 
     async def load(self, model: str) -> None:
         """Start ``model`` and keep it loaded until unloaded or its manifest changes (see
-        :mod:`reconciler.overrides`)."""
-        desired = self.loop.desired
-        if desired is None or model not in desired.models or self.loop.manifests is None:
+        :mod:`reconciler.control.overrides`)."""
+        engine = self.engine
+        desired = engine.desired
+        if desired is None or model not in desired.models or engine.manifests is None:
             raise Unavailable(f"model {model!r} is not served here", status=404)
         wanted = desired.models[model]
         if wanted.spec.suspend:
             raise Refused(f"{model} is suspended (spec.suspend: true): it is left as it is")
         if not wanted.pinned:  # a pin holds it already
-            digest = manifest_digests(self.loop.manifests, desired)[model]
-            await self.loop.overrides.hold(model, digest)
+            digest = manifest_digests(engine.manifests, desired)[model]
+            await engine.overrides.hold(model, digest)
         self.activity.touch(model)
         await self.wake(model)
 
     async def unload(self, model: str) -> None:
-        desired = self.loop.desired
+        engine = self.engine
+        desired = engine.desired
         if desired is None or model not in desired.models:
             raise Unavailable(f"model {model!r} is not served here", status=404)
         if desired.models[model].spec.suspend:
             raise Refused(f"{model} is suspended (spec.suspend: true): it is left as it is")
         if desired.models[model].pinned:
             raise Refused(f"{model} is pinned: it is never unloaded (set pin: false to allow)")
-        await self.loop.overrides.release(model, "unloaded by hand")
+        await engine.overrides.release(model, "unloaded by hand")
         self.activity.wanted.discard(model)
         instance = next(
-            (i for i in self.loop.actual if i.model == model and i.state == "running"), None
+            (i for i in engine.actual if i.model == model and i.state == "running"), None
         )
         if instance is None:
             return
         action = Action("unload", model, "unloaded by hand", instance)
-        task = self.loop.dispatch(action, time.time(), manual=True) or self.loop.busy.get(model)
+        task = engine.dispatch(action, time.time(), manual=True) or engine.busy.get(model)
         if task is not None:
             await asyncio.shield(task)
+
+    async def down(self) -> dict[str, Any]:
+        """``modelplane down`` while the service runs: stop reconciling, stop every managed
+        backend, then end the service (a pass must not start them again)."""
+        await self.loop.stop()
+        engine = self.engine
+        desired = engine.desired
+        names = {"process", *(m.runtime for m in desired.models.values())} if desired else set()
+        if desired is not None:
+            names.add(desired.node.runtime)
+        instances, unavailable = await self.controller.runtimes.list(names)
+        stopped = []
+        for inst in instances:
+            if inst.managed:
+                await self.controller.runtimes.get(inst.runtime).stop(inst)
+                await self.controller.store.add_event(
+                    "Stopped", "stopped by modelplane down", inst.model
+                )
+                stopped.append({"model": inst.model, "runtime": inst.runtime, "id": inst.ident})
+        asyncio.get_running_loop().call_later(0.2, self.on_exit_request)
+        return {"stopped": stopped, "unavailable": unavailable}
 
     # --- the request log and idle clocks -------------------------------------------------------
 

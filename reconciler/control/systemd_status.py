@@ -35,18 +35,6 @@ def summary_line(phases: Mapping[str, str], generation: int, commit: str | None)
     return f"generation {generation}{source}: {', '.join(parts)}"
 
 
-def model_phases(service: Service) -> dict[str, str]:
-    """Each desired model's phase as the service sees it now."""
-    loop = service.loop
-    if loop.desired is None:
-        return {}
-    phases = {}
-    for name in loop.desired.models:
-        phase = loop.phases.get(name)
-        phases[name] = "Ready" if name in loop.ready else phase.name if phase else "Asleep"
-    return phases
-
-
 class SystemdReporter:
     def __init__(self, notifier: SystemdNotifier, service: Service, throttle: float = 1.0) -> None:
         self.notifier = notifier
@@ -57,13 +45,12 @@ class SystemdReporter:
         self._ready = False
         self._tasks: list[asyncio.Task[None]] = []
         if notifier.enabled:
-            service.loop.on_change.append(self._changed.set)
+            service.engine.on_change.append(self._changed.set)
 
     def summary(self) -> str:
         git = self.service.controller.git
-        return summary_line(
-            model_phases(self.service), self.service.loop.generation, git.sha if git else None
-        )
+        snapshot = self.service.snapshot_now()
+        return summary_line(snapshot.phases(), snapshot.generation, git.sha if git else None)
 
     def start(self) -> None:
         """The watchdog pings (from now on: they extend the start timeout until READY)."""

@@ -5,11 +5,12 @@ warnings a user should act on (uncommitted manifests, a pull that keeps failing)
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from reconciler.state.store import Generation
 
-from .worktree import GitInfo
+from .worktree import GitInfo, changes_between
 
 
 def _when(timestamp: float) -> str:
@@ -57,3 +58,26 @@ def dirty_warning(git: GitInfo | None) -> str | None:
         f"uncommitted changes in the manifests directory (applied as they are, not in any "
         f"commit): {shown}"
     )
+
+
+def history(generations: Sequence[Generation], limit: int) -> list[dict[str, Any]]:
+    """The newest ``limit`` generations, oldest first, each with the models it added (+),
+    changed (~) or removed (-) against the one before (``generations``: newest first, one more
+    than ``limit`` so the oldest shown has something to compare with)."""
+    ordered = list(reversed(generations))
+    rows = []
+    for before, gen in zip([None, *ordered], ordered, strict=False):
+        old = before.summary.get("models", {}) if before else {}
+        changes = changes_between(old, gen.summary.get("models", {}))
+        rows.append(
+            {
+                "generation": gen.id,
+                "time": gen.time,
+                "commit": gen.git_commit,
+                "dirty": gen.git_dirty,
+                "subject": gen.summary.get("git", {}).get("subject", ""),
+                "outcome": gen.outcome,
+                "changes": changes.summary(),
+            }
+        )
+    return rows[-limit:] if limit else []

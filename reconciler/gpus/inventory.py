@@ -20,12 +20,11 @@ from typing import Any, Literal
 import pynvml
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from rich.table import Table
 
 from reconciler.manifests.schema import NodeSpec
 
 from .placement import free_bytes
-from .types import Claim, GpuInfo, GpuProcess, fmt_size
+from .types import Claim, GpuInfo, GpuProcess
 
 # The environment that makes CUDA's device numbering match NVML's (and so the placement's).
 CUDA_ENV: Mapping[str, str] = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
@@ -227,39 +226,6 @@ def _claimed(claims: Sequence[Claim], index: int) -> list[Claim]:
     return sorted((c for c in claims if c.gpu == index), key=lambda c: c.model)
 
 
-def gpu_table(inventory: Inventory, claims: Sequence[Claim] = (), reserve: int = 0) -> Table:
-    """The ``modelplane gpus`` table; the caption carries the inventory's messages.
-
-    "Available" is what placement would see: :func:`~reconciler.placement.free_bytes`.
-    """
-    src = {"nvml": "NVML", "static": "Node manifest", "nvml+static": "NVML + Node manifest"}
-    title = f"GPUs ({src.get(inventory.source, 'none')})"
-    if inventory.driver:
-        title += f", driver {inventory.driver}"
-    table = Table(title=title, caption=inventory.message)
-    right = ("GPU", "Free", "Available", "Util", "Temp")
-    for col in (*right[:1], "Name", "Used / total", *right[1:], "Processes", "Claims"):
-        table.add_column(col, justify="right" if col in right else "left")
-    for g in inventory.gpus:
-        used = "-" if g.used is None else fmt_size(g.used)
-        procs = ", ".join(
-            f"{p.pid} {p.name} ({'?' if p.used is None else fmt_size(p.used)})".replace("  ", " ")
-            for p in g.processes
-        )
-        table.add_row(
-            str(g.index),
-            g.name or "-",
-            f"{used} / {fmt_size(g.total)}",
-            "-" if g.free is None else fmt_size(g.free),
-            fmt_size(free_bytes(g, claims, reserve)),
-            "-" if g.utilization is None else f"{g.utilization}%",
-            "-" if g.temperature is None else f"{g.temperature}°C",
-            procs or "-",
-            ", ".join(f"{c.model} {fmt_size(c.bytes)}" for c in _claimed(claims, g.index)) or "-",
-        )
-    return table
-
-
 def gpu_metric_families(
     inventory: Inventory, claims: Sequence[Claim] = ()
 ) -> list[GaugeMetricFamily]:
@@ -310,14 +276,22 @@ class GpuCollector(Collector):
         yield from gpu_metric_families(*self._snapshot())
 
 
-def inventory_json(inventory: Inventory, claims: Sequence[Claim] = ()) -> dict[str, Any]:
-    """The ``gpus`` part of ``/api/status`` and ``status --json``."""
+def inventory_json(
+    inventory: Inventory, claims: Sequence[Claim] = (), reserve: int = 0
+) -> dict[str, Any]:
+    """The ``gpus`` part of ``/api/status`` and ``status --json``: each GPU with the claims on it
+    and ``available``, what placement would see (:func:`~reconciler.gpus.placement.free_bytes`)."""
     return {
         "source": inventory.source,
         "driver": inventory.driver,
         "messages": list(inventory.messages),
+        "reserve": reserve,
         "gpus": [
-            {**asdict(g), "claims": [asdict(c) for c in _claimed(claims, g.index)]}
+            {
+                **asdict(g),
+                "available": free_bytes(g, claims, reserve),
+                "claims": [asdict(c) for c in _claimed(claims, g.index)],
+            }
             for g in inventory.gpus
         ],
     }

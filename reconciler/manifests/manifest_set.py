@@ -1,8 +1,9 @@
 """The manifest set in force: valid documents, last valid versions of broken ones, cross-checks.
 
-Isolation (DESIGN.md §1): an invalid document keeps its last valid version in force, a file that
-does not parse keeps every document it last held, and everything else applies. The last valid
-versions come from the state database (``StoredDocument``); :func:`resolve` is pure.
+Isolation (docs/architecture.md, Principles): an invalid document keeps its last valid version
+in force, a file that does not parse keeps every document it last held, and everything else
+applies. The last valid versions come from the state database (``StoredDocument``);
+:func:`resolve` is pure.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The manifest kinds (DESIGN.md §2) as pydantic models.
+"""The manifest kinds (the README's "Manifests") as pydantic models.
 
 Field names are snake_case in Python and camelCase in YAML (``stay_warm`` ↔ ``stayWarm``).
 Unknown fields are errors. Durations are stored as seconds (float) and sizes as bytes (int);

@@ -22,6 +22,12 @@ def state_dir(node: NodeSpec) -> Path:
             return Path(value.split(":")[0]).expanduser()
     if os.geteuid() == 0:
         return Path("/var/lib/modelplane")
+    return user_dir()
+
+
+def user_dir() -> Path:
+    """This user's own modelplane folder (``$XDG_STATE_HOME/modelplane``): the state directory
+    of a user without root, and where the CLI remembers the last ``run``'s state directory."""
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "modelplane"
 

@@ -230,20 +230,17 @@ class WeightsManager:
         records = await self.records.files(resolution.repo, resolution.commit)
         current = await asyncio.to_thread(fingerprints, self.cache_dir, resolution)
         rehash = not _unchanged(current, records)
-        await self.store.set_model_state(name, "Downloading", f"{action.cause}")
         await self.store.add_event("Downloading", str(action), name)
         listener = (lambda p: on_progress(name, p)) if on_progress else None
         try:
             result = await self.weights.ensure(resolution, listener, rehash=rehash)
         except Exception as err:
             reason = _reason(err, self.weights)
-            await self.store.set_model_state(name, "Failed", reason)
             await self.store.add_event("Failed", f"download of {what}: {reason}", name)
             return Outcome(action, False, reason, permanent=not getattr(err, "retryable", True))
         headers = await asyncio.to_thread(gguf_headers, self.cache_dir, resolution)
         verified = await asyncio.to_thread(fingerprints, self.cache_dir, resolution)
         await self.records.save_verified(resolution, verified, headers)
-        await self.store.clear_model_state(name)
         for problem in result.refetched:
             await self.store.add_event(
                 "Refetched",
@@ -260,12 +257,6 @@ class WeightsManager:
         """Stop the downloads under way (shutdown); they resume on the next start."""
         if self._weights is not None:
             self._weights.close()
-
-    async def forget_interrupted(self) -> None:
-        """``Downloading`` phases a previous run left behind (it stopped mid-download)."""
-        for name, state in (await self.store.model_states()).items():
-            if state.phase == "Downloading":
-                await self.store.clear_model_state(name)
 
     def progress(self, name: str) -> Progress | None:
         """A download under way in this process: bytes so far (``None``: waiting for a slot)."""

@@ -1,4 +1,4 @@
-"""The command line as a user runs it: a new process per command (DESIGN.md §3 exit codes)."""
+"""The command line as a user runs it: a new process per command (the README's exit codes)."""
 
 from __future__ import annotations
 

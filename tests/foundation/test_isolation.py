@@ -1,4 +1,5 @@
-"""Isolation (DESIGN.md §1): bad input keeps the last valid version in force; the rest applies.
+"""Isolation (docs/architecture.md): bad input keeps the last valid version in force; the rest
+applies.
 
 The last valid versions live in the state database, so every test here goes through a real
 Controller and a real SQLite file, and several reopen them as a restarted modelplane would.
@@ -12,6 +13,7 @@ import pytest
 
 from reconciler.control.controller import Controller
 from reconciler.manifests.schema import ModelDoc
+from tests.helpers import engine
 
 from .conftest import ManifestDir, fake_engine_doc, model_doc, records
 
@@ -44,7 +46,7 @@ async def test_an_invalid_document_keeps_its_last_valid_version(
 ) -> None:
     manifests.write("a.yaml", MODEL_A)
     manifests.write("b.yaml", model_doc("b", engine="llama-server", args=["--one"]))
-    await controller.apply()
+    await engine.apply(controller)
 
     manifests.write("a.yaml", MODEL_A.replace('"4096"]', '"8192"]') + "  stayWarm: soon\n")
     manifests.write("b.yaml", model_doc("b", engine="llama-server", args=["--two"]))
@@ -71,7 +73,7 @@ async def test_a_file_that_no_longer_parses_keeps_all_its_documents(
         model_doc("b", engine="llama-server", aliases=["bee"]),
     )
     manifests.write("other.yaml", model_doc("c", engine="llama-server"))
-    await controller.apply()
+    await engine.apply(controller)
 
     manifests.write("many.yaml", "apiVersion: modelplane/v1\nkind: [Model\n")
     manifests.write("other.yaml", model_doc("c", engine="llama-server", pin=False, args=["-x"]))
@@ -92,7 +94,7 @@ async def test_a_document_whose_name_cannot_be_read_keeps_the_files_others(
     manifests: ManifestDir, controller: Controller
 ) -> None:
     manifests.write("f.yaml", model_doc("a", engine="llama-server"), model_doc("b", engine="vllm"))
-    await controller.apply()
+    await engine.apply(controller)
     # "b" lost its metadata: which document it was is unknown, so every missing one is kept.
     manifests.write(
         "f.yaml",
@@ -110,7 +112,7 @@ async def test_a_cross_document_error_also_falls_back(
     manifests: ManifestDir, controller: Controller
 ) -> None:
     manifests.write("a.yaml", model_doc("a", engine="llama-server", aliases=["x"]))
-    await controller.apply()
+    await engine.apply(controller)
     manifests.write("a.yaml", model_doc("a", engine="no-such-engine", aliases=["x"]))
     result, _ = await controller.load()
     a = result.models["a"]
@@ -122,7 +124,7 @@ async def test_a_new_invalid_document_has_nothing_to_fall_back_to(
     manifests: ManifestDir, controller: Controller
 ) -> None:
     manifests.write("a.yaml", model_doc("a", engine="llama-server"))
-    await controller.apply()
+    await engine.apply(controller)
     manifests.write("b.yaml", model_doc("b", engine="llama-server", vram="lots"))
     result, _ = await controller.load()
     assert sorted(result.models) == ["a"]
@@ -134,7 +136,7 @@ async def test_a_valid_document_elsewhere_wins_over_a_broken_files_memory(
 ) -> None:
     """Moving a model to another file while the old file is broken is no duplicate."""
     manifests.write("old.yaml", model_doc("a", engine="llama-server", args=["--old"]))
-    await controller.apply()
+    await engine.apply(controller)
     manifests.write("old.yaml", "kind: [\n")
     manifests.write("new.yaml", model_doc("a", engine="llama-server", args=["--new"]))
     result, _ = await controller.load()
@@ -147,9 +149,9 @@ async def test_status_shows_a_stale_model_with_the_errors_position(
     manifests: ManifestDir, controller: Controller
 ) -> None:
     manifests.write("a.yaml", MODEL_A)
-    await controller.apply()
+    await engine.apply(controller)
     manifests.write("a.yaml", MODEL_A + "  gpus: some\n")
-    [row] = await controller.status()
+    [row] = await engine.status(controller)
     assert row.name == "a"
     assert row.sync == "Stale"
     assert f"{manifests.path('a.yaml')}:8:9: Model/a: spec.gpus:" in row.reason
@@ -161,18 +163,18 @@ async def test_isolation_holds_across_restarts(
 ) -> None:
     manifests.write("a.yaml", MODEL_A)
     manifests.write("b.yaml", model_doc("b", engine="llama-server"))
-    await controller.apply()
+    await engine.apply(controller)
     controller = await reopen(controller, manifests, state_dir)
     try:
         manifests.write("a.yaml", MODEL_A + "  bogus: 1\n")
         manifests.write("b.yaml", "- not: [closed\n")
-        await controller.apply()  # remembers the fallbacks as the documents in force
+        await engine.apply(controller)  # remembers the fallbacks as the documents in force
         controller = await reopen(controller, manifests, state_dir)
         result, _ = await controller.load()
         assert sorted(result.models) == ["a", "b"]
         assert all(m.stale is not None for m in result.models.values())
         assert spec_of(result.models, "a").spec.args == ["--ctx-size", "4096"]
-        [row_a, row_b] = await controller.status()
+        [row_a, row_b] = await engine.status(controller)
         assert (row_a.sync, row_b.sync) == ("Stale", "Stale")
     finally:
         await controller.close()
@@ -185,7 +187,7 @@ async def test_isolation_holds_when_the_directory_is_named_differently(
     manifests.write("a.yaml", model_doc("a", engine="llama-server"))
     monkeypatch.chdir(manifests.root.parent)
     controller = await Controller.open(Path(manifests.root.name), state_dir)
-    await controller.apply()
+    await engine.apply(controller)
     await controller.close()
 
     manifests.write("a.yaml", "kind: [\n")
@@ -202,10 +204,10 @@ async def test_a_removed_document_is_really_removed(
 ) -> None:
     manifests.write("f.yaml", model_doc("a", engine="llama-server"), model_doc("b", engine="vllm"))
     manifests.write("g.yaml", model_doc("c", engine="vllm"))
-    await controller.apply()
+    await engine.apply(controller)
     manifests.write("f.yaml", model_doc("a", engine="llama-server"))
     manifests.remove("g.yaml")
-    await controller.apply()
+    await engine.apply(controller)
     result, _ = await controller.load()
     assert sorted(result.models) == ["a"]
     remembered = await controller.store.documents()
@@ -227,22 +229,22 @@ async def test_a_broken_file_does_not_stop_a_running_backend(
     manifests.write("engine.yaml", fake_engine_doc("fake"))
     manifests.write("a.yaml", model_doc("a", pin=True))
     manifests.write("b.yaml", model_doc("b"))  # unpinned: not started; keeps the prune guard off
-    first = await controller.apply()
+    first = await engine.apply(controller)
     assert first.ok, first.failures
     pid = records(state_dir)["a"]["pid"]
 
     manifests.write("a.yaml", model_doc("a", pin=True) + "  oops: [\n")
     manifests.write("engine.yaml", fake_engine_doc("fake") + "  nope: 1\n")
-    planned = await controller.plan()
+    planned = await engine.plan(controller)
     assert planned.actions == []
-    second = await controller.apply()
+    second = await engine.apply(controller)
     assert second.outcomes == [] and second.ok
     assert records(state_dir)["a"]["pid"] == pid
-    row = {r.name: r for r in await controller.status()}["a"]
+    row = {r.name: r for r in await engine.status(controller)}["a"]
     assert (row.phase, row.sync) == ("Ready", "Stale")
 
     manifests.remove("a.yaml")  # a real removal does stop it
-    third = await controller.apply()
+    third = await engine.apply(controller)
     assert [str(o.action) for o in third.outcomes] == ["stop a (removed from manifests)"]
     assert records(state_dir) == {}
 
@@ -255,16 +257,16 @@ async def test_a_refused_apply_does_not_forget_the_last_valid_documents(
     manifests.write("engine.yaml", fake_engine_doc("fake"))
     manifests.write("a.yaml", model_doc("a", pin=True))
     manifests.write("b.yaml", model_doc("b", pin=True))
-    assert (await controller.apply()).ok
+    assert (await engine.apply(controller)).ok
     for name in ("engine.yaml", "a.yaml", "b.yaml"):
         manifests.remove(name)
-    refused = await controller.apply()
+    refused = await engine.apply(controller)
     assert refused.refused is not None and refused.outcomes == []
 
     manifests.write("engine.yaml", fake_engine_doc("fake"))
     manifests.write("a.yaml", model_doc("a", pin=True))
     manifests.write("b.yaml", "kind: [\n")  # comes back broken
-    result = await controller.apply()
+    result = await engine.apply(controller)
     assert result.outcomes == []  # b is kept in force: nothing stopped, nothing started
     assert sorted(result.desired.models) == ["a", "b"]
     assert result.desired.models["b"].stale is not None
@@ -274,10 +276,10 @@ async def test_a_document_turning_invalid_is_an_event_once(
     manifests: ManifestDir, controller: Controller
 ) -> None:
     manifests.write("a.yaml", MODEL_A)
-    first = await controller.apply()
+    first = await engine.apply(controller)
     manifests.write("a.yaml", MODEL_A + "  stayWarm: soon\n")
-    second = await controller.apply()
-    third = await controller.apply()  # the same broken file: no new generation, no new event
+    second = await engine.apply(controller)
+    third = await engine.apply(controller)  # the same broken file: no new generation, no new event
     invalid = [e for e in await controller.store.events() if e.kind == "Invalid"]
     assert len(invalid) == 1
     assert f"{manifests.path('a.yaml')}:8:13: Model/a: spec.stayWarm:" in invalid[0].message

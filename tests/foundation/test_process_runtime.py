@@ -16,6 +16,7 @@ import pytest
 from reconciler.control.controller import Controller
 from reconciler.runtimes.base import LaunchSpec, StartError
 from reconciler.runtimes.process import ProcessRuntime, _proc_start
+from tests.helpers import engine
 
 from .conftest import (
     FAKEBACKEND,
@@ -252,7 +253,7 @@ async def test_a_failed_start_is_an_event_with_the_log_tail(
 ) -> None:
     manifests.write("a.yaml", fake_engine_doc("broken", "--exit-immediately", "5"))
     manifests.write("b.yaml", model_doc("m", engine="broken", pin=True))
-    result = await controller.apply()
+    result = await engine.apply(controller)
     assert not result.ok
     [failure] = result.failures
     assert failure.message.startswith("m: backend exited with code 5 before becoming ready")
@@ -260,7 +261,7 @@ async def test_a_failed_start_is_an_event_with_the_log_tail(
     assert [e.kind for e in events] == ["Starting", "Failed"]
     assert "FATAL: failed to load model 'm'" in events[-1].message
     assert events[-1].message.startswith("start m (pinned, not running): m: backend exited")
-    [row] = await controller.status()
+    [row] = await engine.status(controller)
     assert row.phase == "Failed" and "exited with code 5" in row.reason
 
 
@@ -273,11 +274,14 @@ async def test_manifest_gpus_reach_the_backend_as_cuda_visible_devices(
         model_doc("explicit", pin=True, gpus=[1, 0]),
         model_doc("cpu", pin=True, gpus="none"),
     )
-    result = await controller.apply()
+    result = await engine.apply(controller)
     assert result.ok, result.failures
     found = {
         name: stats(f"http://127.0.0.1:{record['port']}")["env"]["CUDA_VISIBLE_DEVICES"]
         for name, record in records(state_dir).items()
     }
     assert found == {"explicit": "1,0", "cpu": ""}
-    assert {r.name: r.gpus for r in await controller.status()} == {"explicit": (1, 0), "cpu": ()}
+    assert {r.name: r.gpus for r in await engine.status(controller)} == {
+        "explicit": (1, 0),
+        "cpu": (),
+    }

@@ -1,4 +1,4 @@
-"""Placement, eviction and Unschedulable through the real ``modelplane run`` (DESIGN.md §1, §4).
+"""Placement, eviction and Unschedulable through the real ``modelplane run`` (docs/architecture.md).
 
 Two static 10 GiB GPUs; each fake backend declares its ``vram``. Models wake on requests, so the
 order of the requests decides the placements, which the tests then read back three ways: the

@@ -1,4 +1,5 @@
-"""The inventory: the real no-NVML path of this machine, Node.gpus merging, and the renderers."""
+"""The inventory: the real no-NVML path of this machine, Node.gpus merging, and the renderers
+(the CLI's table is drawn from the same JSON /api/status serves)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from reconciler.cli.views import gpu_table
 from reconciler.gpus.inventory import (
     Inventory,
     NvmlReading,
     StaticGpu,
     gpu_metric_families,
-    gpu_table,
     inventory_json,
     merge_inventory,
     observed_usage,
@@ -96,7 +97,7 @@ def test_table_shows_figures_claims_and_the_message() -> None:
     no_nvml = NvmlReading(error="NVML is not available (test)")
     inv = merge_inventory([StaticGpu(0, 24 * GiB)], no_nvml)
     console = Console(record=True, width=160)
-    console.print(gpu_table(inv, [Claim("qwen", 0, 6 * GiB)], reserve=GiB))
+    console.print(gpu_table(inventory_json(inv, [Claim("qwen", 0, 6 * GiB)], reserve=GiB)))
     text = console.export_text()
     assert "- / 24.0 GiB" in text
     assert "17.0 GiB" in text  # available: 24 - 6 claimed - 1 reserve
@@ -117,7 +118,7 @@ def test_table_lists_nvml_processes() -> None:
         (GpuProcess(1234, 9 * GiB, "llama-server"), GpuProcess(99, None)),
     )
     console = Console(record=True, width=200)
-    console.print(gpu_table(Inventory((gpu,), "nvml", (), "560.35")))
+    console.print(gpu_table(inventory_json(Inventory((gpu,), "nvml", (), "560.35"))))
     text = console.export_text()
     for part in (
         "NVIDIA H100",

@@ -32,7 +32,7 @@ def test_status_merges_queue_numbers(make_proxy: MakeProxy) -> None:
                 "phase": "Ready",
                 "endpoint": proxy.backend("m").url,
                 "queued": 0,
-                "in_flight": 0,
+                "inFlight": 0,
             }
         ]
         assert status["gpus"] == []
@@ -49,7 +49,7 @@ def test_status_merges_queue_numbers(make_proxy: MakeProxy) -> None:
 
         def numbers() -> tuple[int, int]:
             entry = http.get("/api/status").json()["models"][0]
-            return entry["in_flight"], entry["queued"]
+            return entry["inFlight"], entry["queued"]
 
         wait_until(lambda: numbers() == (1, 1), what="one in flight, one queued")
         metrics = http.get("/metrics").text

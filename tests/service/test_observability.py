@@ -102,7 +102,7 @@ def test_status_shows_models(box: Box, traffic: list[tuple[str, int]]) -> None:
     status = box.svc.status()
     m = next(e for e in status["models"] if e["name"] == "m")
     assert m["phase"] == "Ready" and m["endpoint"].startswith("http://127.0.0.1:")
-    assert m["in_flight"] == 0 and m["queued"] == 0 and m["idle_for"] >= 0
+    assert m["inFlight"] == 0 and m["queued"] == 0 and m["idleFor"] >= 0
 
 
 def test_a_request_log_row_per_request(box: Box, traffic: list[tuple[str, int]]) -> None:

@@ -69,7 +69,7 @@ def test_sigterm_drains_a_stream_and_the_next_run_adopts_the_backend(make_box: M
     assert kinds.count("Starting") == 1 and kinds.count("Started") == 1, kinds
     # counted from the end of the stream: not reset by the restart (≈0), and not from the
     # start of the backend (≥ 5 s earlier)
-    assert idle_since_end - 1.5 <= entry["idle_for"] <= idle_since_end + 1.5, entry
+    assert idle_since_end - 1.5 <= entry["idleFor"] <= idle_since_end + 1.5, entry
     reply = client.with_options(base_url=second.base_url).chat.completions.create(
         model="s", messages=[{"role": "user", "content": "again"}]
     )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler.control.status import model_statuses
+from reconciler.control.controller import Controller
 from reconciler.manifests import manifest_set as manifests
 from reconciler.planning.desired import build_desired
 from reconciler.planning.launch import launch_spec, weights_mount
 from reconciler.planning.planner import plan, unseen
 from reconciler.runtimes.base import ContainerOptions
 from reconciler.runtimes.docker import container_kwargs
+from tests.helpers.engine import status
 from tests.helpers.manifests import ManifestDir, doc
 
 ENGINE = doc(
@@ -115,20 +116,22 @@ def test_a_hub_source_mounts_the_repo_folder(tmp_path):
     assert str(resolved) in spec.command
 
 
-def test_models_on_an_unreachable_runtime_are_unknown_with_the_reason(tmp_path):
-    docs = [
-        doc("Node", "box", {"runtime": "docker"}),
+async def test_models_on_an_unreachable_runtime_are_unknown_with_the_reason(tmp_path):
+    """A docker daemon that cannot be reached: its models are Unknown (with the reason), not
+    seemingly Asleep; models on the process runtime are unaffected."""
+    mdir = ManifestDir(tmp_path / "m")
+    mdir.write(
+        "all.yaml",
+        doc("Node", "box", {"runtime": "docker", "dockerHost": f"unix://{tmp_path}/no.sock"}),
         ENGINE,
         doc("Model", "c", {"source": {"path": "/srv/c.gguf"}, "engine": "py"}),
         doc("Model", "p", {"source": {"path": "/p.gguf"}, "engine": "py", "runtime": "process"}),
-    ]
-    desired = desired_from(tmp_path, *docs)
-    why = "docker daemon at unix:///x.sock is unreachable: refused"
-
-    rows = {r.name: r for r in model_statuses(desired, [], {}, {}, {}, 0.0, {"docker": why})}
+    )
+    async with await Controller.open(mdir.root, tmp_path / "state") as controller:
+        rows = {r.name: r for r in await status(controller)}
 
     assert (rows["c"].phase, rows["c"].sync) == ("Unknown", "Unknown")
-    assert rows["c"].reason == f"docker runtime unavailable: {why}"
+    assert rows["c"].reason.startswith("docker runtime unavailable: ")
     assert rows["c"].runtime == "docker"
     assert (rows["p"].phase, rows["p"].reason) == ("Asleep", "")
 

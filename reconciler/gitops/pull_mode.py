@@ -1,5 +1,5 @@
-"""Pull mode (``Node.git``) wired to a :class:`Controller`: the clone's checkout becomes a second
-manifests root, and the revision checked out is what generations record.
+"""Pull mode (``Node.git``): the clone's checkout becomes a second manifests root (of a
+:class:`~.source.ManifestSource`), and the revision checked out is what generations record.
 
 The directory given to ``modelplane run``/``apply`` stays the bootstrap: it holds the Node manifest
 (which names the repository, the state directory and everything else about the box), and may hold
@@ -20,26 +20,32 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from reconciler.gitops.sync import GitPoller, GitRepoSync, GitSyncError, Revision, redact_url
+from reconciler.manifests import manifest_set
 from reconciler.manifests.schema import GitSpec
+from reconciler.state.store import Store
 
-from .controller import Controller
+from .source import ManifestSource
+from .sync import GitPoller, GitRepoSync, GitSyncError, Revision, redact_url
 
 log = logging.getLogger("modelplane.pull")
 
 
 class PullMode:
-    """One remote branch followed into the controller's manifests."""
+    """One remote branch followed into a manifest source."""
 
-    def __init__(self, controller: Controller, spec: GitSpec) -> None:
-        self.controller = controller
+    def __init__(
+        self, source: ManifestSource, store: Store, state_dir: Path, spec: GitSpec
+    ) -> None:
+        self.source = source
+        self.store = store
         self.spec = spec
         self.repo = GitRepoSync(
             spec.url,
             spec.branch,
-            state_dir=controller.state_dir,
+            state_dir=state_dir,
             ssh_key_file=spec.ssh_key_file,
             path=spec.path,
         )
@@ -49,9 +55,7 @@ class PullMode:
         self._task: asyncio.Task[None] | None = None
 
     def attach(self, revision: Revision) -> None:
-        """Reconcile from ``revision`` (its directory stays the same path across revisions)."""
-        self.controller.extra_dirs = [revision.manifests_dir]
-        self.controller.revision = revision
+        self.source.attach(revision)
 
     # --- one sync -------------------------------------------------------------------------------
 
@@ -60,10 +64,10 @@ class PullMode:
         try:
             revision = await self.poller.fetch_now()
         except GitSyncError:
-            return self.controller.revision
+            return self.source.revision
         if self.error is not None:  # (the poller calls back only when the head moved)
             self.error = None
-            await self.controller.store.add_event(
+            await self.store.add_event(
                 "GitSyncRecovered", f"fetching {self._where} works again: {self._describe()}"
             )
         return revision
@@ -81,13 +85,11 @@ class PullMode:
             callback()
 
     async def _on_error(self, exc: GitSyncError) -> None:
-        if self.controller.revision is None and exc.last_good is not None:
+        if self.source.revision is None and exc.last_good is not None:
             self.attach(exc.last_good)  # a restart while the remote is unreachable
         if str(exc) != self.error:
             self.error = str(exc)
-            await self.controller.store.add_event(
-                "GitSyncFailed", f"{exc}; {self._describe()} stays in force"
-            )
+            await self.store.add_event("GitSyncFailed", f"{exc}; {self._describe()} stays in force")
 
     # --- the periodic fetch ---------------------------------------------------------------------
 
@@ -120,13 +122,13 @@ class PullMode:
         return f"{redact_url(self.spec.url)} ({self.spec.branch})"
 
     def _describe(self) -> str:
-        revision = self.controller.revision
+        revision = self.source.revision
         if revision is None:
             return "no revision"
         return f"revision {revision.short_sha} ({revision.subject})"
 
     def status(self) -> dict[str, Any]:
-        revision = self.controller.revision
+        revision = self.source.revision
         return {
             "url": redact_url(self.spec.url),
             "branch": self.spec.branch,
@@ -140,24 +142,25 @@ class PullMode:
 
     def warning(self) -> str | None:
         """What ``status`` warns about: a failing fetch, or nothing fetched yet."""
-        if self.error is None and self.controller.revision is not None:
+        if self.error is None and self.source.revision is not None:
             return None
-        if self.controller.revision is None:
+        if self.source.revision is None:
             return f"pull mode: no revision of {self._where} yet: {self.error or 'not fetched'}"
         return f"pull mode: fetching {self._where} fails ({self.error}); {self._describe()} stays"
 
 
-async def attach_for_cli(controller: Controller, fetch: bool) -> tuple[PullMode | None, str | None]:
+async def attach_for_cli(
+    source: ManifestSource, store: Store, state_dir: Path, fetch: bool
+) -> tuple[PullMode | None, str | None]:
     """Pull mode for one CLI command: ``apply`` fetches once, ``plan``/``status`` read what is
     checked out. Returns the pull mode (None without ``Node.git``) and a warning to print."""
     try:
-        manifests, _ = await controller.load(online=False, persist=False)  # the Node only
+        spec = manifest_set.load(source.directory, await store.documents()).node.git
     except FileNotFoundError:
         return None, None
-    spec = manifests.node.git
     if spec is None:
         return None, None
-    mode = PullMode(controller, spec)
+    mode = PullMode(source, store, state_dir, spec)
     if fetch:
         started = time.monotonic()
         await mode.fetch()

@@ -1,0 +1,99 @@
+"""What the commands print, rendered from the JSON the service's admin API returns (the same JSON
+an offline command builds from the database), so both ways look the same. Pure."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from reconciler.units import format_duration, format_size
+
+SOURCES = {"nvml": "NVML", "static": "Node manifest", "nvml+static": "NVML + Node manifest"}
+
+
+def when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def _size(value: int | None) -> str:
+    return "-" if value is None else format_size(value)
+
+
+def models_table(models: Sequence[Mapping[str, Any]]) -> Table:
+    """``modelplane status``: one row per model, with phase, sync and why."""
+    table = Table(box=None, pad_edge=False)
+    columns = ("MODEL", "PHASE", "SYNC", "RUNTIME", "GPUS", "ENDPOINT", "IDLE", "REVISION")
+    for column in (*columns, "SIZE", "QUANT", "REASON"):
+        table.add_column(column, overflow="fold")
+    for row in models:
+        name = row["name"] + (" (pinned)" if row["pinned"] else "")
+        name += " (loaded by hand)" if row.get("override") else ""
+        idle = row.get("idleFor")
+        table.add_row(
+            escape(name),
+            row["phase"],
+            row["sync"],
+            row["runtime"] or "-",
+            ",".join(map(str, row["gpus"])) or "-",
+            row["endpoint"] or "-",
+            format_duration(idle) if idle is not None else "-",
+            (row.get("revision") or "-")[:12],
+            _size(row.get("size")),
+            row.get("quantization") or "-",
+            escape(row["reason"]),
+        )
+    return table
+
+
+def gpu_table(gpus: Mapping[str, Any]) -> Table:
+    """``modelplane gpus`` (and under ``status``): each GPU with what modelplane claims on it;
+    the caption carries the inventory's messages (no NVML, a static list, ...)."""
+    title = f"GPUs ({SOURCES.get(gpus.get('source', 'none'), 'none')})"
+    if gpus.get("driver"):
+        title += f", driver {gpus['driver']}"
+    table = Table(title=title, caption="; ".join(gpus.get("messages", [])) or None)
+    right = ("GPU", "Free", "Available", "Util", "Temp")
+    for col in (*right[:1], "Name", "Used / total", *right[1:], "Processes", "Claims"):
+        table.add_column(col, justify="right" if col in right else "left")
+    for g in gpus.get("gpus", []):
+        procs = ", ".join(_process(p) for p in g.get("processes", []))
+        claims = ", ".join(f"{c['model']} {format_size(c['bytes'])}" for c in g.get("claims", []))
+        table.add_row(
+            str(g["index"]),
+            g.get("name") or "-",
+            f"{_size(g.get('used'))} / {format_size(g['total'])}",
+            _size(g.get("free")),
+            _size(g.get("available")),
+            "-" if g.get("utilization") is None else f"{g['utilization']}%",
+            "-" if g.get("temperature") is None else f"{g['temperature']}°C",
+            procs or "-",
+            claims or "-",
+        )
+    return table
+
+
+def _process(p: Mapping[str, Any]) -> str:
+    used = "?" if p.get("used") is None else format_size(p["used"])
+    return f"{p['pid']} {p.get('name') or ''} ({used})".replace("  ", " ")
+
+
+def event_line(event: Mapping[str, Any]) -> str:
+    model = event.get("model") or "-"
+    return f"{when(event['time'])}  {event['kind']:<12} {model:<20} {event['message']}"
+
+
+def history_table(rows: Sequence[Mapping[str, Any]]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("GEN", "TIME", "COMMIT", "OUTCOME", "CHANGES"):
+        table.add_column(column)
+    for row in rows:
+        commit = (row.get("commit") or "-")[:12] + (" (dirty)" if row.get("dirty") else "")
+        subject = row.get("subject") or ""
+        detail = row["changes"] + (f"  [{subject}]" if subject else "")
+        cells = (str(row["generation"]), when(row["time"]), commit, row["outcome"], detail)
+        table.add_row(*(escape(cell) for cell in cells))  # "[subject]" is not rich markup
+    return table
