@@ -11,10 +11,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, get_args
 
-# Numeric priorities: higher is served first (and evicted last).
-PRIORITIES: Mapping[str, int] = {"batch": 0, "low": 1, "normal": 2, "high": 3, "urgent": 4}
+#: The priority scale, highest first: a Model's ``spec.priority``, ``X-Priority``, eviction order.
+Priority = Literal["urgent", "high", "normal", "low", "batch"]
+#: The same names as numbers: higher is served first (and evicted last); batch is 0.
+PRIORITIES: Mapping[str, int] = {
+    name: rank for rank, name in enumerate(reversed(get_args(Priority)))
+}
 
 
 class Phase(StrEnum):

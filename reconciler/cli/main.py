@@ -36,6 +36,7 @@ from reconciler.manifests.loader import ManifestError
 from reconciler.manifests.schema import json_schema
 from reconciler.state import run_record
 from reconciler.state.store import Store
+from reconciler.units import parse_listen
 
 from . import views
 from .client import ServiceClient, ServiceError
@@ -268,7 +269,7 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
     for outcome in result.outcomes:
         if outcome.ok:
             where = f" → {outcome.instance.endpoint}" if outcome.instance else ""
-            gpus = (outcome.action.placement or (None, ()))[0]
+            gpus = outcome.action.placement.gpus if outcome.action.placement else ()
             on = f" on GPU {','.join(map(str, gpus))}" if gpus else ""
             out.print(f"ok    {outcome.action}{on}{where}", markup=False)
         else:
@@ -317,6 +318,12 @@ def run(
     if log_format not in ("text", "json"):
         err.print("--log-format must be text or json", markup=False)
         raise typer.Exit(2)
+    try:
+        if listen is not None:  # (the Node's own listen address is checked when it loads)
+            parse_listen(listen)
+    except ValueError as exc:
+        err.print(f"--listen: {exc}", markup=False)
+        raise typer.Exit(2) from None
     code = run_loop(serve(directory, listen, log_format, allow_empty, grace))
     raise typer.Exit(code)
 

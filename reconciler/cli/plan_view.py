@@ -38,7 +38,7 @@ def placement_text(action: Action, report: PassReport, has_gpus: bool) -> str:
         return f"after evictions: {sched.waiting[action.model]}"
     if action.placement is None or not has_gpus:
         return ""
-    gpus, args = action.placement
+    gpus, args = action.placement.gpus, action.placement.args
     where = f"GPU {','.join(map(str, gpus))}" if gpus else "no GPU"
     why = sched.placed.get(action.model, "")
     extra = f" {' '.join(args)}" if args else ""
@@ -65,9 +65,9 @@ def plan_json(engine: Engine, report: PassReport) -> dict[str, Any]:
     placements = {}
     for action in sched.actions:
         if action.kind in STARTS and action.placement is not None:
-            gpus, args = action.placement
+            gpus, args = action.placement.gpus, action.placement.args
             placements[action.model] = {
-                "gpus": list(gpus) if gpus is not None else None,
+                "gpus": list(gpus) or None,
                 "args": list(args),
                 "claims": [
                     {"gpu": c.gpu, "bytes": c.bytes} for c in sched.claims.get(action.model, ())

@@ -24,8 +24,8 @@ from rich.table import Table
 from reconciler.control.controller import Controller
 from reconciler.manifests import manifest_set as manifest_sets
 from reconciler.state import paths
-from reconciler.weights import MirrorServer, Progress, TokenFileError, format_bytes, read_token_file
-from reconciler.weights.mirror import _is_loopback, parse_listen
+from reconciler.units import format_size, is_loopback, parse_listen
+from reconciler.weights import MirrorServer, Progress, TokenFileError, read_token_file
 
 
 class DownloadBars:
@@ -109,9 +109,9 @@ async def gc_command(
     for c in plan.candidates:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(c.last_modified))
         refs = ", ".join(c.refs) or "-"
-        table.add_row(c.repo, c.commit[:12], refs, format_bytes(c.size), when)
+        table.add_row(c.repo, c.commit[:12], refs, format_size(c.size), when)
     out.print(table)
-    count, freed = len(plan.candidates), format_bytes(plan.reclaimable)
+    count, freed = len(plan.candidates), format_size(plan.reclaimable)
     if delete:
         out.print(f"deleted {count} unreferenced revision(s), freed {freed}")
     else:
@@ -139,7 +139,7 @@ def mirror_command(
         return 2
     if not cache.is_dir():
         err.print(f"note: {cache} does not exist yet: nothing to serve", markup=False)
-    if not _is_loopback(host) and not token:
+    if not is_loopback(host) and not token:
         err.print(
             f"warning: listening on {listen} without --token-file: anyone who can reach it"
             " can read every cached model",

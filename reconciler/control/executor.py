@@ -14,16 +14,16 @@ from collections.abc import Callable
 from reconciler.planning.desired import Desired, DesiredModel
 from reconciler.planning.launch import launch_spec
 from reconciler.planning.outcome import Outcome
-from reconciler.planning.planner import Action, GpuPlacement
+from reconciler.planning.planner import Action, Placement
 from reconciler.runtimes import RuntimeSet
 from reconciler.runtimes.base import Instance, StartError
 from reconciler.state.store import Store
 
 
-def explicit_placement(model: DesiredModel) -> GpuPlacement:
+def explicit_placement(model: DesiredModel) -> Placement:
     """For a start the GPU scheduler did not place: explicit indices as given, else no GPU."""
     gpus = model.spec.gpus
-    return (tuple(gpus), ()) if isinstance(gpus, list) else (None, ())
+    return Placement.as_named(gpus, "explicit GPUs") if isinstance(gpus, list) else Placement()
 
 
 class Executor:
@@ -86,8 +86,10 @@ class Executor:
         runtime = self.runtimes.get(model.runtime)
         began = time.monotonic()
         try:
-            gpus, extra_args = action.placement or explicit_placement(model)
-            spec = launch_spec(model, generation, gpus, self.resolve_path(model), extra_args)
+            placement = action.placement or explicit_placement(model)
+            spec = launch_spec(
+                model, generation, placement.gpus or None, self.resolve_path(model), placement.args
+            )
         except ValueError as exc:
             return await self._failed(action, str(exc))
         await self.event("Starting", str(action), model.name)

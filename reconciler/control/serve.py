@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import ipaddress
 import logging
 import os
 import signal
@@ -34,28 +33,13 @@ from reconciler.gpus.inventory import GpuCollector
 from reconciler.manifests.schema import ProxySpec
 from reconciler.ops.systemd import SystemdNotifier
 from reconciler.state import run_record
+from reconciler.units import is_loopback, parse_listen
 
 from .controller import Controller
 from .service import Service
 from .systemd_status import SystemdReporter
 
 log = logging.getLogger("modelplane")
-
-
-def split_listen(listen: str) -> tuple[str, int]:
-    """``127.0.0.1:8400`` / ``[::1]:8400`` / ``:8400`` → (host, port)."""
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def proxy_settings(spec: ProxySpec) -> ProxySettings:
@@ -89,7 +73,7 @@ async def serve(
         await controller.close()
         return 1
     node = manifests.node
-    host, port = split_listen(listen or node.listen)
+    host, port = parse_listen(listen or node.listen)
     if not node.api_keys and not is_loopback(host):
         log.warning(
             "no apiKeys in the Node manifest: listening on 127.0.0.1 instead of %s "

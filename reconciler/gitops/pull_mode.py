@@ -15,8 +15,6 @@ followed: the remote is the truth.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -49,10 +47,11 @@ class PullMode:
             ssh_key_file=spec.ssh_key_file,
             path=spec.path,
         )
-        self.poller = GitPoller(self.repo, spec.interval, self._on_revision, self._on_error)
+        self.poller = GitPoller(
+            self.repo, spec.interval, self._on_revision, self._on_error, self._on_recovered
+        )
         self.on_revision: list[Callable[[], None]] = []  # e.g. the loop's reload trigger
         self.error: str | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def attach(self, revision: Revision) -> None:
         self.source.attach(revision)
@@ -62,15 +61,9 @@ class PullMode:
     async def fetch(self) -> Revision | None:
         """Sync now; the revision in force afterwards (the last good one if the fetch failed)."""
         try:
-            revision = await self.poller.fetch_now()
+            return await self.poller.fetch_now()
         except GitSyncError:
             return self.source.revision
-        if self.error is not None:  # (the poller calls back only when the head moved)
-            self.error = None
-            await self.store.add_event(
-                "GitSyncRecovered", f"fetching {self._where} works again: {self._describe()}"
-            )
-        return revision
 
     def use_checked_out(self) -> Revision | None:
         """Use the revision already on disk, without fetching (``plan``, ``status``)."""
@@ -84,6 +77,12 @@ class PullMode:
         for callback in self.on_revision:
             callback()
 
+    async def _on_recovered(self, revision: Revision) -> None:
+        self.error = None
+        await self.store.add_event(
+            "GitSyncRecovered", f"fetching {self._where} works again: {self._describe()}"
+        )
+
     async def _on_error(self, exc: GitSyncError) -> None:
         if self.source.revision is None and exc.last_good is not None:
             self.attach(exc.last_good)  # a restart while the remote is unreachable
@@ -95,25 +94,10 @@ class PullMode:
 
     def start(self, now: bool = False) -> None:
         """Fetch every ``interval``, the first time at once (``now``) or after one interval."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(now), name="git pull")
+        self.poller.start(now)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _run(self, now: bool) -> None:
-        while True:
-            if not now:
-                await asyncio.sleep(self.spec.interval)
-            now = False
-            try:
-                await self.fetch()
-            except Exception:  # never let the poller die; the next tick retries
-                log.exception("git pull failed")
+        await self.poller.stop()
 
     # --- reporting ------------------------------------------------------------------------------
 

@@ -301,10 +301,11 @@ OnError = Callable[[GitSyncError], Awaitable[None] | None]
 
 
 class GitPoller:
-    """Syncs every ``interval`` seconds and calls ``on_revision`` when the head moved.
+    """Syncs every ``interval`` seconds and says what changed, through callbacks.
 
-    ``on_revision`` is the lead's reconcile trigger; ``on_error`` reports a failed sync (the last
-    good revision stays in force). Both may be plain functions or coroutines.
+    ``on_revision``: the head moved (the reconcile trigger). ``on_error``: a sync failed (the last
+    good revision stays in force). ``on_recovered``: a sync worked again after failing. Each may
+    be a plain function or a coroutine; an error in one is logged and never stops the polling.
     """
 
     def __init__(
@@ -313,18 +314,20 @@ class GitPoller:
         interval: float,
         on_revision: OnRevision,
         on_error: OnError | None = None,
+        on_recovered: OnRevision | None = None,
     ) -> None:
         self.sync = sync
         self.interval = interval
         self._on_revision = on_revision
         self._on_error = on_error
+        self._on_recovered = on_recovered
         self._task: asyncio.Task[None] | None = None
         self._reported: str | None = None
         self.last_error: GitSyncError | None = None
         self.last_sync: float | None = None  # time.time() of the last successful sync
 
     async def fetch_now(self) -> Revision:
-        """Sync once (for ``POST /api/reconcile`` and startup); calls back like a periodic tick.
+        """Sync once (``POST /api/reconcile``, startup, ``apply``); calls back like a tick.
 
         Raises :class:`GitSyncError` after reporting it to ``on_error``.
         """
@@ -335,18 +338,21 @@ class GitPoller:
             log.warning("git sync failed: %s", exc)
             await _call(self._on_error, exc)
             raise
-        self.last_error = None
+        failed_before, self.last_error = self.last_error is not None, None
         self.last_sync = time.time()
         if revision.sha != self._reported:
             self._reported = revision.sha
             log.info("git revision %s (%s)", revision.short_sha, revision.subject)
             await _call(self._on_revision, revision)
+        if failed_before:
+            await _call(self._on_recovered, revision)
         return revision
 
-    def start(self) -> None:
-        """Start the periodic task in the running loop (the first sync happens at once)."""
+    def start(self, now: bool = False) -> None:
+        """Sync every ``interval`` in the running loop, the first time at once (``now``) or
+        after one interval."""
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="modelplane-git-poller")
+            self._task = asyncio.create_task(self._run(now), name="modelplane-git-poller")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -355,11 +361,17 @@ class GitPoller:
                 await self._task
             self._task = None
 
-    async def _run(self) -> None:
+    async def _run(self, now: bool) -> None:
         while True:
-            with contextlib.suppress(GitSyncError):
+            if not now:
+                await asyncio.sleep(self.interval)
+            now = False
+            try:
                 await self.fetch_now()
-            await asyncio.sleep(self.interval)
+            except GitSyncError:
+                pass  # reported by fetch_now; the next tick retries
+            except Exception:  # (a full disk, a permission error): never let the poller die
+                log.exception("git sync failed")
 
 
 async def _call(callback: Callable[..., object] | None, arg: object) -> None:

@@ -26,9 +26,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from proxy.gateway import PRIORITIES
+from reconciler.planning.planner import Placement
+from reconciler.units import format_size
 
-from .placement import ModelDemand, Placement, Unschedulable, place
-from .types import Claim, GpuInfo, fmt_size
+from .placement import ModelDemand, Unschedulable, claims_of, place
+from .types import Claim, GpuInfo
 
 SEARCH_LIMIT = 5000
 _PRIORITY_NAMES = {v: k for k, v in PRIORITIES.items()}
@@ -105,7 +107,7 @@ def choose_victims(
     causes = {
         v.name: f"VRAM for {demand.name}, priority {priority_name(v.priority)}" for v in victims
     }
-    freed = fmt_size(sum(c.bytes for v in victims for c in v.claims))
+    freed = format_size(sum(c.bytes for v in victims for c in v.claims))
     reason = f"evict {', '.join(v.name for v in victims)} (frees {freed}); {placement.reason}"
     return Eviction(tuple(v.name for v in victims), placement, causes, reason)
 
@@ -225,8 +227,8 @@ def pins_fit(
     if need > capacity:
         names = ", ".join(sorted(d.name for d in on_gpu))
         return (
-            f"pinned models need {fmt_size(need)}, GPUs have {fmt_size(capacity)} "
-            f"(after {fmt_size(reserve)} reserve per GPU): {names}"
+            f"pinned models need {format_size(need)}, GPUs have {format_size(capacity)} "
+            f"(after {format_size(reserve)} reserve per GPU): {names}"
         )
     order = sorted(
         on_gpu, key=lambda d: (not isinstance(d.gpus, tuple), -_least_need(d, empty), d.name)
@@ -239,7 +241,7 @@ def pins_fit(
             return (
                 f"pinned models do not all fit together: {result.reason} (after placing {before})"
             )
-        claims += result.claims(d.name)
+        claims += claims_of(result, d.name)
     return None
 
 

@@ -21,21 +21,13 @@ import pynvml
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from reconciler.manifests.schema import NodeSpec
+from reconciler.manifests.schema import NodeSpec, StaticGpu
 
 from .placement import free_bytes
 from .types import Claim, GpuInfo, GpuProcess
 
 # The environment that makes CUDA's device numbering match NVML's (and so the placement's).
 CUDA_ENV: Mapping[str, str] = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-
-
-@dataclass(frozen=True)
-class StaticGpu:
-    """One entry of ``Node.spec.gpus``: an index, and optionally the memory to use on it."""
-
-    index: int
-    memory: int | None = None
 
 
 NodeGpus = Literal["auto", "none"] | Sequence[StaticGpu]
@@ -163,7 +155,9 @@ def merge_inventory(node_gpus: NodeGpus, reading: NvmlReading) -> Inventory:
             if s.memory is None:
                 notes.append(f"GPU {s.index} in Node.gpus has no memory and NVML cannot tell it")
             else:
-                gpus.append(GpuInfo(index=s.index, total=s.memory, source="static"))
+                gpus.append(
+                    GpuInfo(index=s.index, total=s.memory, name=s.name or "", source="static")
+                )
         notes.append("using the GPUs listed in Node.gpus")
         return Inventory(tuple(gpus), "static", tuple(notes), reading.driver)
 
@@ -188,10 +182,8 @@ def _cap(gpu: GpuInfo, memory: int | None) -> GpuInfo:
 
 
 def node_gpus(node: NodeSpec) -> NodeGpus:
-    """``Node.spec.gpus`` as :func:`read_inventory` takes it."""
-    if isinstance(node.gpus, str):
-        return node.gpus  # type: ignore[return-value]
-    return [StaticGpu(g.index, g.memory) for g in node.gpus]
+    """``Node.spec.gpus``, what :func:`read_inventory` takes."""
+    return node.gpus
 
 
 def read_inventory(node_gpus: NodeGpus = "auto", nvml: Any = pynvml) -> Inventory:

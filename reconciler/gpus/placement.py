@@ -27,8 +27,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from proxy.gateway import PRIORITIES
+from reconciler.planning.planner import Placement
+from reconciler.units import MiB, format_size
 
-from .types import Claim, GpuInfo, MiB, fmt_size
+from .types import Claim, GpuInfo
 from .vram import LLAMA_ENGINES, VLLM_ENGINES, Estimate, parse_engine_args
 
 GpuRequest = Literal["auto", "none"] | tuple[int, ...]
@@ -74,34 +76,15 @@ class ModelDemand:
 
 
 @dataclass(frozen=True)
-class Placement:
-    """The GPUs a model goes on, what it claims on each, and the engine args that say so.
-
-    The runtime sets ``CUDA_VISIBLE_DEVICES`` to :attr:`cuda_visible_devices` (with
-    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``), so inside the backend the GPUs are 0..n-1 in this
-    order, which is the order ``--tensor-split`` lists them in. ``args`` are appended to the
-    engine's arguments.
-    """
-
-    gpus: tuple[int, ...]
-    shares: tuple[int, ...]
-    args: tuple[str, ...] = ()
-    reason: str = ""
-
-    def claims(self, model: str) -> tuple[Claim, ...]:
-        return tuple(Claim(model, g, b) for g, b in zip(self.gpus, self.shares, strict=True))
-
-    @property
-    def cuda_visible_devices(self) -> str:
-        """``"0,2"``; ``""`` for no GPU, which hides every GPU from a CUDA build."""
-        return ",".join(map(str, self.gpus))
-
-
-@dataclass(frozen=True)
 class Unschedulable:
     """No room now; ``reason`` carries the numbers (``needs 12.0 GiB on GPU 1, 3.2 GiB free``)."""
 
     reason: str
+
+
+def claims_of(placement: Placement, model: str) -> tuple[Claim, ...]:
+    """What ``model`` holds on each GPU once placed there."""
+    return tuple(Claim(model, g, b) for g, b in zip(placement.gpus, placement.shares, strict=True))
 
 
 def free_bytes(gpu: GpuInfo, claims: Iterable[Claim], reserve: int = 0) -> int:
@@ -170,7 +153,7 @@ def _auto(
             leftover = _leftover(best, free)
             how = "best fit" if k == 1 else f"spread over {k} GPUs (no single GPU fits)"
             return Placement(
-                best.gpus, best.shares, best.args, f"{how}; leaves {fmt_size(leftover)}"
+                best.gpus, best.shares, best.args, f"{how}; leaves {format_size(leftover)}"
             )
     return Unschedulable(_explain(demand, gpus, free))
 
@@ -255,7 +238,7 @@ def _explain(demand: ModelDemand, gpus: Sequence[GpuInfo], free: dict[int, int])
                 f"{demand.name} cannot be split over GPU {_join([g.index for g in gpus])} as asked"
             )
         short = [
-            f"needs {fmt_size(s)} on GPU {g.index}, {fmt_size(free[g.index])} free"
+            f"needs {format_size(s)} on GPU {g.index}, {format_size(free[g.index])} free"
             for g, s in zip(gpus, shares, strict=True)
             if s > free[g.index]
         ]
@@ -263,10 +246,10 @@ def _explain(demand: ModelDemand, gpus: Sequence[GpuInfo], free: dict[int, int])
     need = (
         f"{demand.fraction:g} of a GPU's total on each GPU"
         if demand.fraction is not None
-        else fmt_size(demand.bytes)
+        else format_size(demand.bytes)
     )
-    frees = ", ".join(f"GPU {g.index} {fmt_size(free[g.index])}" for g in gpus)
-    total = fmt_size(sum(free[g.index] for g in gpus))
+    frees = ", ".join(f"GPU {g.index} {format_size(free[g.index])}" for g in gpus)
+    total = format_size(sum(free[g.index] for g in gpus))
     how = "" if demand.engine in LLAMA_ENGINES | VLLM_ENGINES else " (not spread: unknown engine)"
     return f"{demand.name} needs {need}{how}; free: {frees} (together {total})"
 

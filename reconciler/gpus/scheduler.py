@@ -19,12 +19,12 @@ from dataclasses import dataclass, field, replace
 
 from proxy.gateway import PRIORITIES
 from reconciler.planning.desired import Desired, DesiredModel
-from reconciler.planning.planner import Action, Activity
+from reconciler.planning.planner import Action, Activity, Placement
 from reconciler.runtimes.base import Instance
 
 from .eviction import Eviction, RunningModel, choose_victims, pins_fit
 from .inventory import Inventory, observed_usage
-from .placement import ModelDemand, Placement, place
+from .placement import ModelDemand, claims_of, place
 from .types import Claim, GpuInfo
 from .vram import Estimate
 
@@ -87,11 +87,10 @@ def schedule(
     for action in starts:
         model = desired.models[action.model]
         outcome = _place_one(model, gpus, reserve, taken, estimates.get(model.name))
-        if isinstance(outcome, Placed):
-            result.actions.append(replace(action, placement=outcome.placement))
-            result.claims[model.name] = new_claims = outcome.claims
+        if isinstance(outcome, Placement):
+            result.actions.append(replace(action, placement=outcome))
+            result.claims[model.name] = taken[model.name] = claims_of(outcome, model.name)
             result.placed[model.name] = outcome.reason
-            taken[model.name] = new_claims
             continue
         demand, reason = outcome
         if demand is None:
@@ -118,40 +117,30 @@ def schedule(
     return result
 
 
-@dataclass(frozen=True)
-class Placed:
-    """A start's GPUs and split arguments (as :attr:`Action.placement`), claims, and why."""
-
-    placement: tuple[tuple[int, ...] | None, tuple[str, ...]]
-    claims: tuple[Claim, ...] = ()
-    reason: str = ""
-
-
 def _place_one(
     model: DesiredModel,
     gpus: Sequence[GpuInfo],
     reserve: int,
     taken: Mapping[str, tuple[Claim, ...]],
     estimate: Estimate | str | None,
-) -> Placed | tuple[ModelDemand | None, str]:
-    """A placement and its claims, or (the demand to evict for, or None, and the reason)."""
+) -> Placement | tuple[ModelDemand | None, str]:
+    """A placement, or (the demand to evict for, or None, and the reason)."""
     wanted = model.spec.gpus
     if wanted == "none":
-        return Placed((None, ()), (), "gpus: none")
+        return Placement(reason="gpus: none")
     if not gpus:
         if isinstance(wanted, list):  # no inventory to check against: honour what was asked
-            return Placed((tuple(wanted), ()), (), "explicit GPUs (no inventory to check)")
-        return Placed((None, ()), (), "no GPUs in the inventory: runs without a GPU")
+            return Placement.as_named(wanted, "explicit GPUs (no inventory to check)")
+        return Placement(reason="no GPUs in the inventory: runs without a GPU")
     if not isinstance(estimate, Estimate):
         if isinstance(wanted, list):
-            claims = tuple(Claim(model.name, g, 0) for g in wanted)
-            return Placed((tuple(wanted), ()), claims, "explicit GPUs (VRAM not estimated)")
+            return Placement.as_named(wanted, "explicit GPUs (VRAM not estimated)")
         return None, f"cannot estimate its VRAM ({estimate or 'no estimate'}): set spec.vram"
     demand = demand_of(model, estimate)
     others = [c for name, cs in taken.items() if name != model.name for c in cs]
     placed = place(demand, gpus, others, reserve)
     if isinstance(placed, Placement):
-        return Placed((placed.gpus or None, placed.args), placed.claims(model.name), placed.reason)
+        return placed
     return demand, placed.reason
 
 

@@ -9,9 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-MiB = 1024**2
-GiB = 1024**3
-
 
 @dataclass(frozen=True)
 class GpuProcess:
@@ -55,10 +52,3 @@ class Claim:
     gpu: int
     bytes: int
     observed: int | None = None
-
-
-def fmt_size(n: int | float) -> str:
-    """``3.2 GiB`` / ``512 MiB``: one decimal is what a reader of a reason message needs."""
-    if abs(n) >= GiB:
-        return f"{n / GiB:.1f} GiB"
-    return f"{n / MiB:.0f} MiB"

@@ -47,7 +47,7 @@ from typing import Any
 
 import gguf
 
-from .types import MiB, fmt_size
+from reconciler.units import MiB, format_size
 
 LLAMA_ENGINES = frozenset({"llama-server", "llama-cpp-python"})
 VLLM_ENGINES = frozenset({"vllm"})
@@ -280,11 +280,13 @@ class Estimate:
     notes: tuple[str, ...] = ()
 
     def describe(self) -> str:
-        """``5.1 GiB (gguf: weights 4.1 GiB + kv_cache 512 MiB + compute 768 MiB)``."""
+        """``5.1 GiB (gguf: weights 4.1 GiB + kv_cache 512.0 MiB + compute 768.0 MiB)``."""
         head = (
-            f"{self.fraction:g} * GPU total" if self.fraction is not None else fmt_size(self.bytes)
+            f"{self.fraction:g} * GPU total"
+            if self.fraction is not None
+            else format_size(self.bytes)
         )
-        parts = " + ".join(f"{k} {fmt_size(v)}" for k, v in (self.parts or {}).items())
+        parts = " + ".join(f"{k} {format_size(v)}" for k, v in (self.parts or {}).items())
         return f"{head} ({self.source}{': ' + parts if parts else ''})"
 
 

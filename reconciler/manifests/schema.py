@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -19,7 +20,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from reconciler.units import parse_duration, parse_size
+from proxy.gateway import Priority
+from reconciler.units import parse_duration, parse_listen, parse_size
 
 API_VERSION = "modelplane/v1"
 
@@ -57,7 +59,27 @@ Name = Annotated[
         description="Letters, digits, '.', '_' and '-'; starts with a letter or digit.",
     ),
 ]
-Priority = Literal["urgent", "high", "normal", "low", "batch"]
+
+
+def _listen_address(text: str) -> str:
+    """Kept as written; parsed here so that a bad address is a manifest error, not a crash later.
+    Port 0 (any free port) is refused: clients and the CLI find the proxy at this address."""
+    if parse_listen(text)[1] == 0:
+        raise ValueError(f"listen address {text!r}: the proxy needs a fixed port, not 0")
+    return text
+
+
+Listen = Annotated[
+    str,
+    AfterValidator(_listen_address),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": r"^(\[[0-9A-Fa-f:.]+\]|[^:\[\]\s]*):\d+$",
+            "description": "HOST:PORT: 127.0.0.1:8400, [::1]:8400, or :8400 (every interface).",
+        }
+    ),
+]
 RuntimeName = Literal["process", "docker"]
 ImagePull = Literal["IfNotPresent", "Always", "Never"]
 NotifyEvent = Literal["Failed", "Unschedulable", "Recovered", "Applied"]
@@ -148,8 +170,12 @@ class EngineSpec(Strict):
 
 
 class StaticGpu(Strict):
+    """One entry of a static ``Node.spec.gpus`` list: a GPU modelplane may use. With NVML the
+    list restricts the GPUs to these indices and ``memory`` caps one; without NVML it is the
+    inventory, and then ``memory`` is how much the GPU has."""
+
     index: int = Field(ge=0)
-    memory: Size
+    memory: Size | None = None
     name: str | None = None
 
 
@@ -192,7 +218,7 @@ class ProxySpec(Strict):
 
 class NodeSpec(Strict):
     runtime: RuntimeName = "process"
-    listen: str = Field("127.0.0.1:8400", pattern=r"^.+:\d+$")
+    listen: Listen = "127.0.0.1:8400"
     gpus: Literal["auto", "none"] | list[StaticGpu] = "auto"
     vram_reserve: Size = 512 * 2**20
     cache_dir: str | None = None

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import httpx
 
 from reconciler.gitops.worktree import git_info, why_not_git
+from reconciler.units import GiB, format_size, parse_listen
 
 Status = Literal["ok", "warn", "fail"]
-GiB = 1024**3
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 HF_FIX = "set HF_ENDPOINT to a reachable mirror, or HF_HUB_OFFLINE=1 to use cached weights only"
 
@@ -112,7 +112,7 @@ def check_nvml(*, required: bool = False) -> Check:
         for i in range(count):
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total
-            gpus.append(f"{i}: {pynvml.nvmlDeviceGetName(handle)} {memory / GiB:.0f} GiB")
+            gpus.append(f"{i}: {pynvml.nvmlDeviceGetName(handle)} {format_size(memory)}")
     except pynvml.NVMLError as exc:
         return Check("gpu", bad, f"NVML error: {exc}", fix)
     finally:
@@ -146,7 +146,7 @@ def check_disk(
             f"create it and give it to the service user: mkdir -p {path} && chown <user> {path}",
         )
     usage = shutil.disk_usage(existing)
-    detail = f"{usage.free / GiB:.1f} GiB free of {usage.total / GiB:.0f} GiB at {path}"
+    detail = f"{format_size(usage.free)} free of {format_size(usage.total)} at {path}"
     fix = (
         "free space, or point Node spec.cacheDir at a bigger disk; "
         "`modelplane gc` removes unused weights"
@@ -159,14 +159,6 @@ def check_disk(
 
 
 # --- listen address -----------------------------------------------------------------------------
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``"127.0.0.1:8400"``, ``"[::1]:8400"``, ``":8400"`` → (host, port); ValueError if bad."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"listen address {listen!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def check_listen(listen: str, *, timeout: float = 2.0) -> Check:
@@ -279,7 +271,8 @@ def check_hf_endpoint(endpoint: str | None = None, *, timeout: float = 3.0) -> C
     url = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_HF_ENDPOINT).rstrip("/")
     start = time.monotonic()
     try:
-        response = httpx.head(url + "/", timeout=timeout, follow_redirects=True)
+        # trust_env: the environment's proxy is how huggingface_hub reaches the hub too
+        response = httpx.head(url + "/", timeout=timeout, follow_redirects=True, trust_env=True)
     except httpx.HTTPError as exc:
         reason = _short(str(exc)) or type(exc).__name__
         return Check("huggingface", "warn", f"{url} not reachable: {reason}", HF_FIX)

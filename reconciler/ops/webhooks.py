@@ -129,7 +129,8 @@ class Notifier:
         self.backoff = backoff
         self.backoff_max = backoff_max
         self._channels = [_Channel(t) for t in targets]
-        self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=True)
+        # trust_env: webhooks leave the box, through the environment's proxy where there is one
+        self._client = httpx.AsyncClient(timeout=timeout, follow_redirects=True, trust_env=True)
         self._closing = False
 
     def stats(self) -> dict[str, DeliveryStats]:

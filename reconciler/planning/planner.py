@@ -26,7 +26,34 @@ from .desired import Desired, DesiredModel, changed_fields
 
 # ``download`` is never planned here: reconciler.weights_plan adds it (weights before a start)
 ActionKind = Literal["start", "stop", "recreate", "unload", "evict", "download"]
-GpuPlacement = tuple[tuple[int, ...] | None, tuple[str, ...]]  # (GPU indices or None, split args)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a start goes: the GPUs (``()``: none), the VRAM it claims on each (``shares``, in
+    bytes, one per GPU), the engine arguments that spread it over them (``--tensor-split``), and
+    why. The GPU scheduler sets one on each start it places.
+
+    The runtime sets ``CUDA_VISIBLE_DEVICES`` to :attr:`cuda_visible_devices` (with
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``), so inside the backend the GPUs are 0..n-1 in this order,
+    which is the order ``--tensor-split`` lists them in.
+    """
+
+    gpus: tuple[int, ...] = ()
+    shares: tuple[int, ...] = ()
+    args: tuple[str, ...] = ()
+    reason: str = ""
+
+    @classmethod
+    def as_named(cls, gpus: Sequence[int], reason: str) -> Placement:
+        """The GPUs a manifest names, as they are, claimed at 0 bytes: nothing checked or
+        estimated what the model takes there."""
+        return cls(tuple(gpus), (0,) * len(gpus), (), reason)
+
+    @property
+    def cuda_visible_devices(self) -> str:
+        """``"0,2"``; ``""`` for no GPU, which hides every GPU from a CUDA build."""
+        return ",".join(map(str, self.gpus))
 
 
 @dataclass(frozen=True)
@@ -35,7 +62,7 @@ class Action:
     model: str
     cause: str
     instance: Instance | None = None  # the instance stopped or replaced
-    placement: GpuPlacement | None = None  # set by the GPU scheduler for starts
+    placement: Placement | None = None  # set by the GPU scheduler for starts
 
     def __str__(self) -> str:
         return f"{self.kind} {self.model} ({self.cause})"

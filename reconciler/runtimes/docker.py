@@ -36,7 +36,6 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
-import httpx
 import requests.exceptions
 from docker.types import DeviceRequest, Mount
 
@@ -50,6 +49,7 @@ from .base import (
     StartError,
     render_command,
 )
+from .health import answers_200, wait_until_healthy
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,6 @@ GPUS_LABEL = "modelplane.gpus"  # "0,1"; empty for none
 HEALTH_LABEL = "modelplane.health-path"  # what healthy() polls after an adoption
 BRIDGE_PORT = 8080  # the engine's port inside the container on a bridge network
 CONTAINER_PYTHON = "python3"  # ``{python}`` in a container: the image's interpreter, not ours
-POLL_INTERVAL = 0.1  # seconds between health probes while a container starts
 
 # create() arguments modelplane owns: extraArgs may not change them (ownership, reachability)
 RESERVED_ARGS = frozenset(
@@ -373,8 +372,7 @@ class DockerRuntime:
         if not instance.endpoint:
             return False
         path = instance.labels.get(HEALTH_LABEL) or "/health"
-        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as http:
-            return await _probe(http, instance.endpoint + path)
+        return await answers_200(instance.endpoint + path)
 
     # -- images
 
@@ -507,33 +505,23 @@ class DockerRuntime:
 
     async def _wait_healthy(self, spec: LaunchSpec, container_id: str) -> Instance:
         """Poll health until 200; on early exit, timeout or cancel remove the container."""
-        deadline = time.monotonic() + spec.startup_timeout
-        ok = False
+
+        async def endpoint() -> str | None:
+            instance = await self._inspect(container_id)
+            if instance.state == "exited":
+                reason = (instance.exit_reason or "exited").split("\n")[0]
+                raise StartError(
+                    f"model {spec.model}: the container {reason} before it became healthy",
+                    await self._tail(container_id),
+                )
+            return instance.endpoint
+
         try:
-            async with httpx.AsyncClient(timeout=1.0, trust_env=False) as http:
-                while True:
-                    instance = await self._inspect(container_id)
-                    if instance.state == "exited":
-                        tail = await self._tail(container_id)
-                        reason = (instance.exit_reason or "exited").split("\n")[0]
-                        raise StartError(
-                            f"model {spec.model}: the container {reason} before it became healthy",
-                            tail,
-                        )
-                    url = (instance.endpoint or "") + spec.health_path
-                    if instance.endpoint and await _probe(http, url):
-                        ok = True
-                        return instance
-                    if time.monotonic() >= deadline:
-                        raise StartError(
-                            f"model {spec.model}: {spec.health_path} did not answer 200 within "
-                            f"{spec.startup_timeout:g}s",
-                            await self._tail(container_id),
-                        )
-                    await asyncio.sleep(POLL_INTERVAL)
-        finally:
-            if not ok:
-                await self._discard(container_id)
+            await wait_until_healthy(spec, endpoint, lambda: self._tail(container_id))
+            return await self._inspect(container_id)
+        except BaseException:
+            await self._discard(container_id)
+            raise
 
     async def _inspect(self, container_id: str) -> Instance:
         return instance_from_attrs(
@@ -593,13 +581,6 @@ class _PullTracker:
             bytes_done=sum(current for current, _, _ in values),
             bytes_total=sum(total for _, total, _ in values),
         )
-
-
-async def _probe(http: httpx.AsyncClient, url: str) -> bool:
-    try:
-        return (await http.get(url)).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _decode(data: bytes) -> str:

@@ -19,14 +19,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from .base import Instance, LaunchSpec, StartError, render_command
+from .health import answers_200, wait_until_healthy
 
-HEALTH_POLL = 0.1  # seconds between health checks while starting
 LOG_TAIL_LINES = 20
 
 
@@ -133,28 +132,19 @@ class ProcessRuntime:
     async def _wait_healthy(
         self, spec: LaunchSpec, proc: subprocess.Popen[bytes], port: int
     ) -> None:
-        url = f"http://127.0.0.1:{port}{spec.health_path}"
-        deadline = time.monotonic() + spec.startup_timeout
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            while True:
-                code = proc.poll()
-                if code is not None:
-                    how = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
-                    raise StartError(
-                        f"{spec.model}: backend {how} before becoming ready",
-                        await self.logs(spec.model, LOG_TAIL_LINES),
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    response = await client.get(url)
-                    if response.status_code == 200:
-                        return
-                if time.monotonic() > deadline:
-                    raise StartError(
-                        f"{spec.model}: {spec.health_path} did not answer 200 within "
-                        f"{spec.startup_timeout:.0f}s (startupTimeout)",
-                        await self.logs(spec.model, LOG_TAIL_LINES),
-                    )
-                await asyncio.sleep(HEALTH_POLL)
+        def log_tail() -> Awaitable[str]:
+            return self.logs(spec.model, LOG_TAIL_LINES)
+
+        async def endpoint() -> str:
+            code = proc.poll()
+            if code is not None:
+                how = f"exited with code {code}" if code >= 0 else f"killed by signal {-code}"
+                raise StartError(
+                    f"{spec.model}: backend {how} before becoming ready", await log_tail()
+                )
+            return f"http://127.0.0.1:{port}"
+
+        await wait_until_healthy(spec, endpoint, log_tail)
 
     # --- stopping ---------------------------------------------------------------------------
 
@@ -211,12 +201,7 @@ class ProcessRuntime:
         record = _read_record(self._record_path(instance.model))
         if record is None or instance.endpoint is None:
             return False
-        try:
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                response = await client.get(instance.endpoint + record.get("health_path", "/"))
-        except httpx.HTTPError:
-            return False
-        return response.status_code == 200
+        return await answers_200(instance.endpoint + record.get("health_path", "/"))
 
     def _record_path(self, model: str) -> Path:
         return self.instances_dir / f"{model}.json"

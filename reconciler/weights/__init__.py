@@ -17,7 +17,7 @@ other tools see the same files. Modules, one job each:
 
 from .config import HubSettings, read_token_file
 from .dedupe import DedupeReport, dedupe_cache
-from .disk import check_space, format_bytes, free_space
+from .disk import check_space, free_space
 from .download import (
     DownloadResult,
     Progress,
@@ -72,7 +72,6 @@ __all__ = [
     "dedupe_cache",
     "ensure_downloaded",
     "fetch",
-    "format_bytes",
     "free_space",
     "measure_progress",
     "model_path",

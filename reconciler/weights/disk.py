@@ -6,13 +6,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from reconciler.units import MiB, format_size
+
 from .errors import InsufficientDisk
 
 FreeSpace = Callable[[Path], int]
 
 #: Kept free on top of what a download needs: logs, the state database and temporary files live
 #: on the same disk on most boxes, and filling it to the last byte breaks them.
-DEFAULT_MARGIN = 512 * 2**20
+DEFAULT_MARGIN = 512 * MiB
 
 
 def free_space(path: Path) -> int:
@@ -31,17 +33,6 @@ def existing_parent(path: Path) -> Path:
         if candidate.exists():
             return candidate
     return Path("/")
-
-
-def format_bytes(size: float) -> str:
-    """``14.2 GiB``: binary units with one decimal, as people read disk sizes."""
-    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-    value = float(size)
-    for unit in units:
-        if abs(value) < 1024 or unit == units[-1]:
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def check_space(
@@ -63,7 +54,7 @@ def check_space(
         return
     where = Path(path)
     reason = (
-        f"needs {format_bytes(needed)} ({format_bytes(missing)} to download"
-        f" + {format_bytes(margin)} margin), {format_bytes(free)} free on {where}"
+        f"needs {format_size(needed)} ({format_size(missing)} to download"
+        f" + {format_size(margin)} margin), {format_size(free)} free on {where}"
     )
     raise InsufficientDisk(reason, needed=needed, free=free, path=str(where))

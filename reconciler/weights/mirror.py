@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -32,6 +31,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from huggingface_hub.utils.sha import git_hash
+
+from reconciler.units import is_loopback, parse_listen
 
 from .cache_store import CacheStore, StoredFile
 
@@ -149,7 +150,7 @@ class MirrorServer:
 def serve(cache_dir: str | Path, listen: str = DEFAULT_LISTEN, token: str | None = None) -> None:
     """Run the mirror in the foreground until interrupted (``modelplane mirror``)."""
     host, port = parse_listen(listen)
-    if not _is_loopback(host) and not token:
+    if not is_loopback(host) and not token:
         log.warning(
             "mirror listening on %s without a token: anyone who can reach it can read"
             " every cached model",
@@ -161,21 +162,6 @@ def serve(cache_dir: str | Path, listen: str = DEFAULT_LISTEN, token: str | None
         server.serve_forever()
     finally:
         server.httpd.server_close()
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:8401`` for IPv6) into its parts."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class _Server(ThreadingHTTPServer):

@@ -10,7 +10,8 @@ import time
 
 from reconciler.gpus.eviction import RunningModel, choose_victims
 from reconciler.gpus.placement import ModelDemand, place
-from reconciler.gpus.types import Claim, GiB, GpuInfo
+from reconciler.gpus.types import Claim, GpuInfo
+from reconciler.units import GiB
 
 
 def main() -> None:

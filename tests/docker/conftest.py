@@ -16,6 +16,7 @@ import pytest
 
 from reconciler.runtimes.base import LaunchSpec
 from reconciler.runtimes.docker import DockerRuntime
+from tests.docker.manifests import TESTS_DIR
 from tests.docker_env import (
     IMAGE,
     DockerDaemon,
@@ -25,9 +26,7 @@ from tests.docker_env import (
     remove_test_leftovers,
     start_daemon,
 )
-
-TESTS_DIR = Path(__file__).resolve().parent.parent
-FAKEBACKEND = TESTS_DIR / "fakebackend.py"
+from tests.helpers.manifests import fake_launch_spec
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -81,32 +80,18 @@ def runtime(docker_daemon: DockerDaemon) -> Iterator[DockerRuntime]:
 
 def fake_spec(model: str = "tiny", *args: str, **overrides: object) -> LaunchSpec:
     """A spec running tests/fakebackend.py in the test image (tests dir mounted read-only)."""
-    command = (
-        "python3",
-        str(FAKEBACKEND),
-        "--host",
-        "{host}",
-        "--port",
-        "{port}",
-        "--model-name",
+    return fake_launch_spec(
         model,
         *args,
+        **{
+            "spec_hash": "h1",
+            "spec": {"engine": "fake", "args": list(args)},
+            "env": {"PYTHONUNBUFFERED": "1"},
+            "image": IMAGE,
+            "mounts": (str(TESTS_DIR),),
+            **overrides,
+        },
     )
-    values = {
-        "model": model,
-        "spec_hash": "h1",
-        "spec": {"engine": "fake", "args": list(args)},
-        "command": command,
-        "env": {"PYTHONUNBUFFERED": "1"},
-        "gpus": None,
-        "health_path": "/health",
-        "startup_timeout": 30.0,
-        "generation": 1,
-        "image": IMAGE,
-        "mounts": (str(TESTS_DIR),),
-    }
-    values.update(overrides)
-    return LaunchSpec(**values)
 
 
 @pytest.fixture

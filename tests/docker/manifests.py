@@ -12,37 +12,24 @@ from pathlib import Path
 from typing import Any
 
 from tests.docker_env import IMAGE
-from tests.helpers.manifests import FAKEBACKEND, doc
+from tests.helpers.backend import FAKEBACKEND
+from tests.helpers.manifests import doc, fake_engine_doc, node_doc
 
 TESTS_DIR = FAKEBACKEND.parent
 
 
 def docker_node(host: str, resync: str = "5m", **spec: Any) -> str:
     """A long ``resync`` proves that reactions come from the daemon's event stream."""
-    return doc(
-        "Node",
-        "box",
-        {"runtime": "docker", "dockerHost": host, "gpus": "none", "resync": resync, **spec},
-    )
+    return node_doc(runtime="docker", dockerHost=host, resync=resync, **spec)
 
 
 def docker_engine(
     name: str = "fake", *extra: str, image: str = IMAGE, image_pull: str = "Never"
 ) -> str:
-    command = [
-        "{python}",
-        str(FAKEBACKEND),
-        "--host",
-        "{host}",
-        "--port",
-        "{port}",
-        "--model-name",
-        "{name}",
-        "--model",
-        "{model_path}",
-        *extra,
-    ]
-    return doc("Engine", name, {"image": image, "imagePull": image_pull, "command": command})
+    """The fake engine in the test image; it reports ``{model_path}`` (``--model``)."""
+    return fake_engine_doc(
+        name, "--model", "{model_path}", *extra, image=image, imagePull=image_pull
+    )
 
 
 def docker_model(name: str, weights: Path, engine: str = "fake", **spec: Any) -> str:

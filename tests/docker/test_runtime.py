@@ -24,9 +24,10 @@ from reconciler.runtimes.docker import (
     PullProgress,
     container_kwargs,
 )
-from tests.docker.conftest import FAKEBACKEND, TESTS_DIR
+from tests.docker.manifests import TESTS_DIR
 from tests.docker.registry import Registry
 from tests.docker_env import IMAGE, TEST_LABEL
+from tests.helpers.backend import FAKEBACKEND
 
 
 def chat(endpoint: str, model: str) -> str:

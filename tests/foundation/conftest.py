@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 
 from reconciler.control.controller import Controller
+from tests.helpers.backend import FAKEBACKEND  # noqa: F401  (re-exported for the tests here)
 from tests.helpers.cli import CliResult, run_cli
 from tests.helpers.manifests import (  # noqa: F401  (re-exported for the tests here)
-    FAKEBACKEND,
     REPO,
     ManifestDir,
     doc,
     fake_engine_doc,
+    fake_launch_spec,
     join,
     kill_recorded_backends,
     model_doc,

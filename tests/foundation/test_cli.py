@@ -83,6 +83,12 @@ def test_validate_a_missing_directory(cli: Cli, tmp_path: Path) -> None:
     assert "does not exist" in done.stderr
 
 
+def test_run_refuses_a_bad_listen_address(cli: Cli, manifests: ManifestDir) -> None:
+    done = cli("run", manifests.root, "--listen", "::1:8400")
+    assert done.code == 2
+    assert "--listen: listen address '::1:8400': write an IPv6 address in brackets" in done.stderr
+
+
 # --- the everyday cycle: plan, apply, apply again, status, events, logs ---------------------------
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,7 @@ from .conftest import (
     FAKEBACKEND,
     ManifestDir,
     fake_engine_doc,
+    fake_launch_spec,
     group_alive,
     model_doc,
     pid_alive,
@@ -37,28 +39,16 @@ def launch(
     startup_timeout: float = 30.0,
     command: tuple[str, ...] | None = None,
 ) -> LaunchSpec:
-    argv = command or (
-        "{python}",
-        str(FAKEBACKEND),
-        "--host",
-        "{host}",
-        "--port",
-        "{port}",
-        "--model-name",
+    """The fake backend for ``model`` (``command`` replaces it), marked through its env."""
+    spec = fake_launch_spec(
         model,
         *extra,
-    )
-    return LaunchSpec(
-        model=model,
-        spec_hash="abcdef012345",
-        spec={"args": list(extra)},
-        command=argv,
         env={"FAKE_MARK": "from-launch-spec"},
         gpus=gpus,
-        health_path="/health",
         startup_timeout=startup_timeout,
         generation=3,
     )
+    return replace(spec, command=command) if command else spec
 
 
 @pytest.fixture
@@ -156,7 +146,7 @@ async def test_a_start_failure_carries_the_backends_last_log_lines(
 async def test_a_startup_timeout_is_a_failure_and_leaves_nothing_running(
     runtime: ProcessRuntime, state_dir: Path
 ) -> None:
-    with pytest.raises(StartError, match=r"/health did not answer 200 within 1s") as caught:
+    with pytest.raises(StartError, match=r"/health did not answer 200 within 0\.6s") as caught:
         await runtime.start(launch("m", "--fail-health", startup_timeout=0.6))
     assert "listening on http://127.0.0.1:" in caught.value.log_tail
     pid = int(caught.value.log_tail.split("pid=")[-1].split()[0])

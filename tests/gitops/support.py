@@ -10,7 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.helpers.manifests import REPO, ManifestDir, doc, fake_engine_doc
+from tests.helpers.manifests import REPO, ManifestDir, fake_engine_doc
+from tests.helpers.manifests import node_doc as box_node_doc
 from tests.helpers.service import ServiceProcess, modelplane_command, service_env
 
 T = TypeVar("T")
@@ -31,7 +32,7 @@ def wait_for(check: Callable[[], T], what: str, timeout: float = 30.0, svc: Any 
 
 def node_doc(**spec: Any) -> str:
     """The Node of a test box: a fast resync unless told otherwise."""
-    return doc("Node", "test-box", {"resync": "1s", **spec})
+    return box_node_doc(name="test-box", **{"resync": "1s", **spec})
 
 
 def write_box(manifests: ManifestDir, **node: Any) -> None:

@@ -17,9 +17,8 @@ import pytest
 
 from reconciler.gpus.inventory import read_nvml
 from tests.helpers.cli import CliResult, run_cli
-from tests.helpers.manifests import ManifestDir, doc, kill_recorded_backends
-
-GiB = 1024**3
+from tests.helpers.manifests import ManifestDir, kill_recorded_backends
+from tests.helpers.manifests import node_doc as box_node_doc
 
 if read_nvml().error is None:
     pytest.skip(
@@ -33,14 +32,9 @@ def node_doc(queue_timeout: str = "60s", gpus: Any = None) -> str:
     """The box: process runtime, two static 10 GiB GPUs, no reserve, a quick resync."""
     if gpus is None:
         gpus = [{"index": 0, "memory": "10GiB"}, {"index": 1, "memory": "10GiB"}]
-    spec = {
-        "runtime": "process",
-        "gpus": gpus,
-        "vramReserve": "0",
-        "resync": "5s",
-        "proxy": {"queueTimeout": queue_timeout},
-    }
-    return doc("Node", "box", spec)
+    return box_node_doc(
+        gpus=gpus, vramReserve="0", resync="5s", proxy={"queueTimeout": queue_timeout}
+    )
 
 
 @pytest.fixture

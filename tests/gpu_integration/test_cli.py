@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reconciler.units import GiB
 from tests.helpers.manifests import ManifestDir, fake_engine_doc, model_doc
 
-from .conftest import Cli, GiB, backend_stats, node_doc
+from .conftest import Cli, backend_stats, node_doc
 
 
 def _endpoints(cli: Cli, manifests: ManifestDir) -> dict[str, str]:
@@ -90,7 +91,7 @@ def test_apply_spreads_evicts_and_reports_pins_that_cannot_fit(
         [
             "start",
             "c",
-            "pinned, not running; after evictions: evict u (frees 4.0 GiB); best fit; leaves 0 MiB",
+            "pinned, not running; after evictions: evict u (frees 4.0 GiB); best fit; leaves 0 B",
         ],
     ], planned.stdout
     applied = cli("apply", manifests.root)
@@ -111,9 +112,7 @@ def test_apply_spreads_evicts_and_reports_pins_that_cannot_fit(
         model_doc("c", vram="4GiB", pin=True),
         model_doc("d", vram="1GiB", pin=True),
     )
-    pins = (
-        "pinned models need 21.0 GiB, GPUs have 20.0 GiB (after 0 MiB reserve per GPU): c, d, s, w"
-    )
+    pins = "pinned models need 21.0 GiB, GPUs have 20.0 GiB (after 0 B reserve per GPU): c, d, s, w"
     validated = cli("validate", manifests.root)
     assert validated.code == 1
     assert f"{manifests.path('node.yaml')}:1:1: Node/box: {pins}" in validated.stderr

@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from reconciler.units import GiB
 from tests.helpers.manifests import ManifestDir, fake_engine_doc, model_doc
 from tests.helpers.service import ServiceProcess, start_service
 
-from .conftest import GiB, backend_stats, node_doc
+from .conftest import backend_stats, node_doc
 
 
 def chat(svc: ServiceProcess, model: str, timeout: float = 60.0) -> httpx.Response:

@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 from proxy.gateway import PRIORITIES
 from reconciler.gpus import eviction
 from reconciler.gpus.eviction import Eviction, RunningModel, choose_victims, pins_fit
-from reconciler.gpus.placement import ModelDemand, Placement, Unschedulable, place
-from reconciler.gpus.types import Claim, GiB, GpuInfo
+from reconciler.gpus.placement import ModelDemand, Unschedulable, place
+from reconciler.gpus.types import Claim, GpuInfo
+from reconciler.planning.planner import Placement
+from reconciler.units import GiB
 
 LOW, NORMAL, HIGH = PRIORITIES["low"], PRIORITIES["normal"], PRIORITIES["high"]
 BATCH = PRIORITIES["batch"]
@@ -46,7 +48,7 @@ def test_least_recently_used_among_the_lowest_priority() -> None:
     result = choose_victims(want(8), static(24), models)
     assert isinstance(result, Eviction) and result.victims == ("old-low",)
     assert result.causes == {"old-low": "VRAM for new, priority low"}
-    assert result.reason == "evict old-low (frees 8.0 GiB); best fit; leaves 0 MiB"
+    assert result.reason == "evict old-low (frees 8.0 GiB); best fit; leaves 0 B"
 
 
 def test_lower_priority_goes_first_even_if_it_takes_more_victims() -> None:
@@ -83,7 +85,7 @@ def test_pinned_busy_and_starting_models_stay() -> None:
     ]
     result = choose_victims(want(4), static(24), models)
     assert result == Unschedulable(
-        "new needs 4.0 GiB on GPU 0, 0 MiB free; nothing can be evicted (busy has 2 request(s) "
+        "new needs 4.0 GiB on GPU 0, 0 B free; nothing can be evicted (busy has 2 request(s) "
         "in flight; pinned is pinned; starting is starting or draining)"
     )
 
@@ -129,7 +131,7 @@ def test_pins_fit() -> None:
     too_much = pins_fit([want(46, gpus=(0, 1)), replace(want(46), name="b")], gpus)
     assert (
         too_much
-        == "pinned models need 92.0 GiB, GPUs have 80.0 GiB (after 0 MiB reserve per GPU): b, new"
+        == "pinned models need 92.0 GiB, GPUs have 80.0 GiB (after 0 B reserve per GPU): b, new"
     )
     packing = pins_fit([replace(want(25, engine="custom"), name=n) for n in "abc"], gpus)
     assert packing is not None and packing.startswith("pinned models do not all fit together:")

@@ -15,7 +15,6 @@ from reconciler.cli.views import gpu_table
 from reconciler.gpus.inventory import (
     Inventory,
     NvmlReading,
-    StaticGpu,
     gpu_metric_families,
     inventory_json,
     merge_inventory,
@@ -23,7 +22,9 @@ from reconciler.gpus.inventory import (
     read_inventory,
     read_nvml,
 )
-from reconciler.gpus.types import Claim, GiB, GpuInfo, GpuProcess
+from reconciler.gpus.types import Claim, GpuInfo, GpuProcess
+from reconciler.manifests.schema import StaticGpu
+from reconciler.units import GiB
 
 
 def _nvml_works() -> bool:
@@ -53,11 +54,16 @@ def test_without_nvml_auto_is_empty_with_one_clear_message() -> None:
 
 @needs_no_nvml
 def test_without_nvml_the_static_list_is_the_inventory() -> None:
-    inv = read_inventory([StaticGpu(1, 24 * GiB), StaticGpu(0, 16 * GiB), StaticGpu(2)])
+    listed = [
+        StaticGpu(index=1, memory="24GiB", name="RTX 4090"),
+        StaticGpu(index=0, memory=16 * GiB),
+        StaticGpu(index=2),
+    ]
+    inv = read_inventory(listed)
     assert inv.source == "static"
-    assert [(g.index, g.total, g.free, g.source) for g in inv.gpus] == [
-        (0, 16 * GiB, None, "static"),
-        (1, 24 * GiB, None, "static"),
+    assert [(g.index, g.total, g.free, g.name, g.source) for g in inv.gpus] == [
+        (0, 16 * GiB, None, "", "static"),
+        (1, 24 * GiB, None, "RTX 4090", "static"),
     ]
     assert "GPU 2 in Node.gpus has no memory" in inv.message
     assert "using the GPUs listed in Node.gpus" in inv.message
@@ -76,14 +82,15 @@ def test_static_list_restricts_and_caps_what_nvml_sees() -> None:
     reading = NvmlReading(
         (_nvml_gpu(0, 80 * GiB, 10 * GiB), _nvml_gpu(1, 80 * GiB, 0)), None, "560"
     )
-    inv = merge_inventory([StaticGpu(1, 40 * GiB), StaticGpu(3, 24 * GiB)], reading)
+    listed = [StaticGpu(index=1, memory=40 * GiB), StaticGpu(index=3, memory=24 * GiB)]
+    inv = merge_inventory(listed, reading)
     assert inv.source == "nvml+static"
     assert [g.index for g in inv.gpus] == [1]
     assert (inv.gpus[0].total, inv.gpus[0].free) == (40 * GiB, 40 * GiB)
     assert inv.message == "GPU 3 in Node.gpus is not seen by NVML (NVML sees: 0, 1)"
-    capped = merge_inventory([StaticGpu(0, 40 * GiB)], reading).gpus[0]
+    capped = merge_inventory([StaticGpu(index=0, memory=40 * GiB)], reading).gpus[0]
     assert (capped.total, capped.free) == (40 * GiB, 30 * GiB)  # the 10 GiB in use stay used
-    uncapped = merge_inventory([StaticGpu(0)], reading).gpus[0]
+    uncapped = merge_inventory([StaticGpu(index=0)], reading).gpus[0]
     assert uncapped == reading.gpus[0]
 
 
@@ -95,7 +102,7 @@ def test_auto_with_nvml_keeps_every_gpu() -> None:
 
 def test_table_shows_figures_claims_and_the_message() -> None:
     no_nvml = NvmlReading(error="NVML is not available (test)")
-    inv = merge_inventory([StaticGpu(0, 24 * GiB)], no_nvml)
+    inv = merge_inventory([StaticGpu(index=0, memory=24 * GiB)], no_nvml)
     console = Console(record=True, width=160)
     console.print(gpu_table(inventory_json(inv, [Claim("qwen", 0, 6 * GiB)], reserve=GiB)))
     text = console.export_text()

@@ -8,9 +8,11 @@ from dataclasses import replace
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from reconciler.gpus.placement import ModelDemand, Placement, Unschedulable, free_bytes, place
-from reconciler.gpus.types import Claim, GiB, GpuInfo
+from reconciler.gpus.placement import ModelDemand, Unschedulable, free_bytes, place
+from reconciler.gpus.types import Claim, GpuInfo
 from reconciler.gpus.vram import estimate
+from reconciler.planning.planner import Placement
+from reconciler.units import GiB
 
 
 def static(*totals_gib: float) -> list[GpuInfo]:

@@ -7,9 +7,10 @@ from dataclasses import replace
 
 from reconciler.gpus.inventory import Inventory
 from reconciler.gpus.scheduler import holders, instance_claims, pins_problem, schedule
-from reconciler.gpus.types import Claim, GiB, GpuInfo
+from reconciler.gpus.types import Claim, GpuInfo
 from reconciler.gpus.vram import Estimate
-from reconciler.planning.planner import Action, Activity
+from reconciler.planning.planner import Action, Activity, Placement
+from reconciler.units import GiB
 from tests.foundation.planning import desired, desired_model, instance
 
 GPUS = (GpuInfo(0, 10 * GiB, source="static"), GpuInfo(1, 10 * GiB, source="static"))
@@ -86,7 +87,8 @@ def test_placed_starts_carry_their_gpus_and_reason() -> None:
     result = schedule(
         [Action("start", "new1", "pinned")], state, actual, GPUS, 0, claims, estimates, cands
     )
-    assert [a.placement for a in result.actions] == [((1,), ())]
+    placement = Placement((1,), (6 * GiB,), (), "best fit; leaves 4.0 GiB")
+    assert [a.placement for a in result.actions] == [placement]
     assert result.claims == {"new1": (Claim("new1", 1, 6 * GiB),)}
     assert result.placed == {"new1": "best fit; leaves 4.0 GiB"}
 
@@ -107,6 +109,23 @@ def test_pins_problem_counts_only_pinned_models_it_can_estimate() -> None:
         "lazy": gib(20),
     }
     assert pins_problem(models, GPUS, 0, estimates) == (
-        "pinned models need 21.0 GiB, GPUs have 20.0 GiB (after 0 MiB reserve per GPU): p1, p2"
+        "pinned models need 21.0 GiB, GPUs have 20.0 GiB (after 0 B reserve per GPU): p1, p2"
     )
     assert pins_problem(models, GPUS, 0, {**estimates, "p2": gib(8)}) is None
+
+
+def test_named_gpus_are_honoured_unchecked_without_an_inventory_or_an_estimate() -> None:
+    named, auto = desired_model("n", gpus=[1, 0]), desired_model("a")
+    none = desired_model("c", gpus="none")
+    starts = [Action("start", m.name, "pinned") for m in (named, auto, none)]
+    bare = schedule(starts, desired(named, auto, none), [], (), 0, {}, {}, [])
+    placements = {a.model: a.placement for a in bare.actions}
+    assert placements == {
+        "n": Placement((1, 0), (0, 0), (), "explicit GPUs (no inventory to check)"),
+        "a": Placement((), (), (), "no GPUs in the inventory: runs without a GPU"),
+        "c": Placement((), (), (), "gpus: none"),
+    }
+    assert bare.claims == {"n": (Claim("n", 1, 0), Claim("n", 0, 0)), "a": (), "c": ()}
+    unknown = schedule(starts[:1], desired(named), [], GPUS, 0, {}, {"n": "no GGUF"}, [])
+    unchecked = Placement((1, 0), (0, 0), (), "explicit GPUs (VRAM not estimated)")
+    assert unknown.actions[0].placement == unchecked

@@ -1,16 +1,12 @@
-"""The VRAM estimate, checked against a real GGUF header written by the shared test-GGUF tool."""
+"""The VRAM estimate, checked against a real GGUF header (tests/helpers/gguf.py writes it)."""
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import gguf
 import pytest
 
-from reconciler.gpus.types import GiB, MiB
 from reconciler.gpus.vram import (
     COMPUTE_ALLOWANCE,
     CONTEXT_CAP,
@@ -21,18 +17,15 @@ from reconciler.gpus.vram import (
     estimate,
     parse_engine_args,
 )
+from reconciler.units import GiB, MiB
+from tests.helpers.gguf import GgufShape, write_test_gguf
 
-TOOL = Path("/work/shared/tools/make_test_gguf.py")
-SHAPE = {"embd": 256, "layers": 4, "ff": 688, "heads": 8, "kv_heads": 2, "ctx": 4096}
+SHAPE = GgufShape(embd=256, layers=4, ff=688, heads=8, kv_heads=2, ctx=4096)
 
 
 @pytest.fixture(scope="module")
 def info(tmp_path_factory: pytest.TempPathFactory) -> GgufInfo:
-    if not TOOL.exists():
-        pytest.skip(f"{TOOL} not present")
-    path = tmp_path_factory.mktemp("gguf") / "test.gguf"
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in SHAPE.items()]
-    subprocess.run([sys.executable, str(TOOL), str(path), *flags], check=True, capture_output=True)
+    path = write_test_gguf(tmp_path_factory.mktemp("gguf") / "test.gguf", SHAPE)
     reader = gguf.GGUFReader(path)
     fields = {k: f.contents() for k, f in reader.fields.items()}
     return GgufInfo.from_gguf_fields(fields, path.stat().st_size)

@@ -1,5 +1,6 @@
-"""Manifest text for tests: documents, a fake-backend Engine, a directory a test rewrites, and
-cleanup of every backend recorded in a state directory."""
+"""Manifests for tests, all on the fake OpenAI backend (tests/fakebackend.py): documents, the
+box's Node, the fake-backend Engine and LaunchSpec, a directory a test rewrites, and cleanup of
+every backend recorded in a state directory. Every suite builds its manifests from these."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from reconciler.runtimes.base import LaunchSpec
 from reconciler.runtimes.process import _proc_start
+from tests.helpers.backend import FAKEBACKEND
 
 REPO = Path(__file__).resolve().parents[2]
-FAKEBACKEND = REPO / "tests" / "fakebackend.py"
 
 
 # --- manifest text ------------------------------------------------------------------------------
@@ -32,9 +34,16 @@ def model_doc(name: str, engine: str = "fake", **spec: Any) -> str:
     )
 
 
-def fake_engine_doc(name: str = "fake", *extra: str, health_path: str = "/health") -> str:
-    """An Engine running tests/fakebackend.py; ``extra`` are more fake-backend options."""
-    command = [
+def node_doc(*, name: str = "box", **spec: Any) -> str:
+    """The Node of a test box: the process runtime and no GPUs (fake backends need none);
+    keyword arguments are more spec fields, camelCase, and win over those."""
+    return doc("Node", name, {"runtime": "process", "gpus": "none", **spec})
+
+
+def fake_backend_argv(*extra: str, model_name: str = "{name}") -> list[str]:
+    """The fake backend's command line, as an Engine or a LaunchSpec holds it: the runtime fills
+    ``{python}`` (this interpreter; ``python3`` in a container), ``{host}`` and ``{port}``."""
+    return [
         "{python}",
         str(FAKEBACKEND),
         "--host",
@@ -42,10 +51,35 @@ def fake_engine_doc(name: str = "fake", *extra: str, health_path: str = "/health
         "--port",
         "{port}",
         "--model-name",
-        "{name}",
+        model_name,
         *extra,
     ]
-    return doc("Engine", name, {"command": command, "healthPath": health_path})
+
+
+def fake_engine_doc(
+    name: str = "fake", *extra: str, health_path: str = "/health", **spec: Any
+) -> str:
+    """An Engine running the fake backend; ``extra`` are more fake-backend options, ``spec``
+    more Engine fields (camelCase: ``image``, ``imagePull``)."""
+    fields = {"command": fake_backend_argv(*extra), "healthPath": health_path, **spec}
+    return doc("Engine", name, fields)
+
+
+def fake_launch_spec(model: str = "m", *extra: str, **fields: Any) -> LaunchSpec:
+    """What a runtime gets to start the fake backend for ``model`` (``extra``: more options);
+    ``fields`` replace LaunchSpec fields."""
+    values: dict[str, Any] = {
+        "model": model,
+        "spec_hash": "abcdef012345",
+        "spec": {"args": list(extra)},
+        "command": tuple(fake_backend_argv(*extra, model_name=model)),
+        "env": {},
+        "gpus": None,
+        "health_path": "/health",
+        "startup_timeout": 30.0,
+        "generation": 1,
+    }
+    return LaunchSpec(**{**values, **fields})
 
 
 def join(*docs: str) -> str:

@@ -166,17 +166,20 @@ async def test_ssh_key_goes_into_git_ssh_command(tmp_path: Path) -> None:
         await sync.sync()
 
 
-async def test_poller_calls_back_on_new_revisions_and_errors(
+async def test_poller_calls_back_on_new_revisions_errors_and_recovery(
     tmp_path: Path, remote: Path, work_repo: Path
 ) -> None:
     revisions: asyncio.Queue[Revision] = asyncio.Queue()
     errors: list[GitSyncError] = []
+    recovered: list[Revision] = []
 
     async def on_revision(rev: Revision) -> None:
         await revisions.put(rev)
 
-    poller = GitPoller(make_sync(tmp_path, remote), 0.2, on_revision, errors.append)
-    poller.start()
+    poller = GitPoller(
+        make_sync(tmp_path, remote), 0.2, on_revision, errors.append, recovered.append
+    )
+    poller.start(now=True)
     try:
         first = await asyncio.wait_for(revisions.get(), 30)
         assert first.subject == "add model a"
@@ -185,11 +188,30 @@ async def test_poller_calls_back_on_new_revisions_and_errors(
         second = await asyncio.wait_for(revisions.get(), 30)
         assert second.sha == new_sha
         assert revisions.empty()  # unchanged heads are not reported again
+        assert recovered == []  # nothing failed yet
         shutil.rmtree(remote)
         with pytest.raises(GitSyncError):
             await poller.fetch_now()
         assert errors and poller.last_error is errors[-1]
         assert poller.sync.current() == second
+        git(tmp_path, "init", "--quiet", "--bare", "-b", "main", str(remote))
+        git(work_repo, "push", "--quiet", "origin", "main")
+        assert await poller.fetch_now() == second
+        assert recovered == [second] and poller.last_error is None
+        assert revisions.empty()  # the head did not move while the remote was gone
+    finally:
+        await poller.stop()
+
+
+async def test_the_poller_waits_one_interval_unless_told_to_sync_now(
+    tmp_path: Path, remote: Path
+) -> None:
+    revisions: list[Revision] = []
+    poller = GitPoller(make_sync(tmp_path, remote), 3600, revisions.append)
+    poller.start()
+    try:
+        await asyncio.sleep(0.5)
+        assert revisions == [] and poller.last_sync is None
     finally:
         await poller.stop()
 

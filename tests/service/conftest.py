@@ -21,14 +21,15 @@ import httpx
 import openai
 import pytest
 
-from tests.helpers.manifests import ManifestDir, doc
+from tests.helpers.manifests import ManifestDir
+from tests.helpers.manifests import node_doc as box_node_doc
 from tests.helpers.service import ServiceProcess, cleanup, modelplane_command, service_env
 from tests.helpers.service import start_service as _start_service
 
 
 def node_doc(**spec: Any) -> str:
-    """A Node for tests: process runtime, no GPUs, a quick resync; ``spec`` adds fields."""
-    return doc("Node", "test-box", {"runtime": "process", "gpus": "none", "resync": "2s", **spec})
+    """The test box's Node with a quick resync; ``spec`` adds fields."""
+    return box_node_doc(name="test-box", **{"resync": "2s", **spec})
 
 
 @dataclass

@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from reconciler.weights import HubSettings, MirrorServer
+from tests.helpers.gguf import GgufShape, write_test_gguf
 
 from .hubgen import HubRepos
 
-MAKE_TEST_GGUF = Path("/work/shared/tools/make_test_gguf.py")
 #: the shape the session's GGUF is made with (tests compare the metadata read back)
-GGUF_SHAPE = {"embd": 32, "layers": 2, "ff": 64, "heads": 4, "kv_heads": 2, "ctx": 2048}
+GGUF_SHAPE = GgufShape(embd=32, layers=2, ff=64, heads=4, kv_heads=2, ctx=2048)
 
 
 @pytest.fixture(scope="session")
 def gguf_bytes(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    """A real (tiny, random) llama GGUF made by the shared tool."""
-    out = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in GGUF_SHAPE.items()]
-    subprocess.run(
-        [sys.executable, str(MAKE_TEST_GGUF), str(out), *args], check=True, capture_output=True
-    )
-    return out.read_bytes()
+    """A real (tiny, random) llama GGUF."""
+    return write_test_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf", GGUF_SHAPE).read_bytes()
 
 
 @pytest.fixture

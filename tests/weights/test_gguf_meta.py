@@ -21,11 +21,11 @@ def test_metadata_of_a_downloaded_gguf(
     meta = read_gguf_metadata(result.model_path)
 
     assert meta["architecture"] == "llama"
-    assert meta["block_count"] == GGUF_SHAPE["layers"]
-    assert meta["context_length"] == GGUF_SHAPE["ctx"]
-    assert meta["embedding_length"] == GGUF_SHAPE["embd"]
-    assert meta["head_count"] == GGUF_SHAPE["heads"]
-    assert meta["head_count_kv"] == GGUF_SHAPE["kv_heads"]
+    assert meta["block_count"] == GGUF_SHAPE.layers
+    assert meta["context_length"] == GGUF_SHAPE.ctx
+    assert meta["embedding_length"] == GGUF_SHAPE.embd
+    assert meta["head_count"] == GGUF_SHAPE.heads
+    assert meta["head_count_kv"] == GGUF_SHAPE.kv_heads
     assert meta["quantization"] == "F16" and meta["file_type"] == 1
     assert meta["file_size"] == len(gguf_bytes)
     assert 0 < meta["tensor_bytes"] < len(gguf_bytes)

@@ -16,7 +16,14 @@ import pytest
 
 from reconciler.weights import MirrorServer
 from tests.helpers.cli import CliResult, run_cli
-from tests.helpers.manifests import REPO, ManifestDir, doc, fake_engine_doc, kill_recorded_backends
+from tests.helpers.manifests import (
+    REPO,
+    ManifestDir,
+    doc,
+    fake_engine_doc,
+    kill_recorded_backends,
+    node_doc,
+)
 from tests.helpers.service import ServiceProcess, start_service
 from tests.weights.conftest import gguf_bytes  # noqa: F401  (a fixture used here)
 from tests.weights.hubgen import HubRepos
@@ -45,8 +52,7 @@ class Box:
 
     def write(self, *models: str, **node: Any) -> None:
         """The Node (cacheDir here), the fake engine (``--model {model_path}``) and ``models``."""
-        spec = {"cacheDir": str(self.cache), **node}
-        self.manifests.write("node.yaml", doc("Node", "box", spec))
+        self.manifests.write("node.yaml", node_doc(cacheDir=str(self.cache), **node))
         self.manifests.write("engine.yaml", fake_engine_doc("fake", "--model", "{model_path}"))
         self.manifests.write("models.yaml", *models)
 
