@@ -22,6 +22,17 @@ from proxy.errors import ProxyError, too_large
 from proxy.upstream import Reply
 from proxy.usage import Tail
 
+# An OpenAI stream's last event. A client may hang up as soon as it has it, before the backend has
+# ended its reply: the request then still completes (usage counted, status 200) if the backend
+# ends it within this many seconds; else it is cancelled like any other that lost its client.
+END_OF_STREAM = b"data: [DONE]"
+FINISH_AFTER_DONE = 5.0
+
+
+def ends_stream(chunk: bytes) -> bool:
+    """Whether ``chunk`` ends with the stream's last event."""
+    return chunk[-32:].rstrip().endswith(END_OF_STREAM)
+
 
 class ClientGone(Exception):
     """The client disconnected before the answer was complete."""
@@ -36,6 +47,7 @@ class Downstream:
     __slots__ = (
         "body_complete",
         "client",
+        "delivered",
         "disconnected",
         "finished",
         "first_byte",
@@ -68,6 +80,7 @@ class Downstream:
         self.first_byte: float | None = None  # perf_counter() of the first body byte sent
         self.received = 0  # request body bytes read
         self.body_complete = False
+        self.delivered = False  # a relayed stream's last event is sent (see END_OF_STREAM)
 
     # --- request body ------------------------------------------------------------------------
 
@@ -121,6 +134,7 @@ class Downstream:
         async for chunk in reply.aiter_raw():
             await self.send(chunk)
             tail.add(chunk)
+            self.delivered = ends_stream(chunk)
 
     def cut(self, reason: BaseException) -> None:
         """End a reply that cannot be completed so that the client sees it cut off."""
@@ -178,7 +192,10 @@ class AsgiDownstream(Downstream):
             pass
         if not self.finished and self._task is not None:
             self.disconnected = True
-            self._task.cancel()
+            if self.delivered:  # the client has it all: let the backend's reply end normally
+                asyncio.get_running_loop().call_later(FINISH_AFTER_DONE, self._task.cancel)
+            else:
+                self._task.cancel()
 
     def close(self) -> None:
         self.finished = True  # a disconnect from now on cancels nothing

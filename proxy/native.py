@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
-from proxy.channel import ClientGone, Downstream
+from proxy.channel import FINISH_AFTER_DONE, ClientGone, Downstream, ends_stream
 from proxy.errors import too_large
 from proxy.upstream import Reply
 from proxy.usage import Tail
@@ -31,11 +31,6 @@ PAUSE_BODY_AT = 256 * 1024
 # Body bytes still read (and dropped) after the answer, to keep the connection; past this, close.
 DISCARD_AT_MOST = 1024 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-# An OpenAI stream's last event. A client may hang up as soon as it has it, before the backend has
-# ended its reply: the request then still completes (usage counted, status 200) if the backend
-# ends it within this many seconds; else it is cancelled like any other that lost its client.
-END_OF_STREAM = b"data: [DONE]"
-FINISH_AFTER_DONE = 5.0
 
 
 def _status_line(status: int) -> bytes:
@@ -60,7 +55,6 @@ class NativeDownstream(Downstream):
         "_chunks",
         "_conn",
         "_continue_sent",
-        "_delivered",
         "_head",
         "_no_body",
         "_relaying",
@@ -98,7 +92,6 @@ class NativeDownstream(Downstream):
         self._chunked = False
         self._no_body = False
         self._relaying: Reply | None = None
-        self._delivered = False  # the stream's last event is written (see END_OF_STREAM)
 
     # --- fed by the connection ----------------------------------------------------------------
 
@@ -129,7 +122,7 @@ class NativeDownstream(Downstream):
         task = self.task
         if task is None or task.done():
             return
-        if self._delivered:  # the client has it all: let the backend's reply end normally
+        if self.delivered:  # the client has it all: let the backend's reply end normally
             self._conn.loop.call_later(FINISH_AFTER_DONE, task.cancel)
         else:
             task.cancel()
@@ -308,7 +301,7 @@ class NativeDownstream(Downstream):
                 self.first_byte = time.perf_counter()
             tail.add(chunk)
             self._write(chunk)
-            self._delivered = chunk[-32:].rstrip().endswith(END_OF_STREAM)
+            self.delivered = ends_stream(chunk)
             return not self._conn.write_paused
 
         if not reply.ready:

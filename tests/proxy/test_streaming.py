@@ -185,12 +185,13 @@ def done_before_the_end() -> Iterator[str]:
     listener.close()
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "asgi"])
 def test_a_client_that_leaves_at_done_got_a_complete_answer(
-    make_proxy: MakeProxy, done_before_the_end: str
+    make_proxy: MakeProxy, done_before_the_end: str, native: bool
 ) -> None:
     """Clients stop reading at ``data: [DONE]`` and may hang up before the backend has ended its
     reply: that is a complete request (200, its usage counted), not a client gone (499)."""
-    proxy = make_proxy([FakeModel("m", endpoint=done_before_the_end)])
+    proxy = make_proxy([FakeModel("m", endpoint=done_before_the_end)], native=native)
     with (
         proxy.http() as http,
         http.stream("POST", "/v1/chat/completions", json=chat_body("m", stream=True)) as reply,
