@@ -49,6 +49,7 @@ class ModelRoute:
     endpoint: str | None = None  # "http://127.0.0.1:PORT" while Ready
     created: int = 0  # unix time, for /v1/models
     labels: Mapping[str, str] = field(default_factory=dict)
+    node: str = ""  # the cluster node its backend runs on ("" = this box)
 
 
 @dataclass(frozen=True)

@@ -45,15 +45,23 @@ class _StateCollector(Collector):
         phase = GaugeMetricFamily(
             "modelplane_model_phase", "1 for the model's current phase", labels=["model", "phase"]
         )
+        node = GaugeMetricFamily(
+            "modelplane_model_node",
+            "1 for the cluster node a model's backend runs on (the ray runtime)",
+            labels=["model", "node"],
+        )
         for route in routes:
             queue = stats.get(route.name) or QueueStats(0, 0)
             depth.add_metric([route.name], queue.queued)
             in_flight.add_metric([route.name], queue.in_flight)
             for name in (*PHASES, *(() if route.phase in PHASES else (route.phase,))):
                 phase.add_metric([route.name, name], 1.0 if name == route.phase else 0.0)
+            if route.node:
+                node.add_metric([route.name, route.node], 1.0)
         yield depth
         yield in_flight
         yield phase
+        yield node
 
 
 class ProxyMetrics:

@@ -25,7 +25,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from reconciler.control.controller import Controller
+from reconciler.control.controller import Controller, runtime_names
 from reconciler.control.engine import ApplyResult, Engine, PassReport
 from reconciler.control.snapshot import take_snapshot
 from reconciler.gitops.applied import applied_line, dirty_warning, history
@@ -330,8 +330,8 @@ def run(
 
 @app.command()
 def down(directory: FindOption = None) -> None:
-    """Stop and remove every backend modelplane manages (processes and containers); a running
-    ``modelplane run`` stops them and then exits."""
+    """Stop and remove every backend modelplane manages (processes, containers, Ray actors); a
+    running ``modelplane run`` stops them and then exits."""
     found, client = _find(directory)
     if client is not None:
         with client:
@@ -340,7 +340,10 @@ def down(directory: FindOption = None) -> None:
             except ServiceError as exc:
                 raise _fail(str(exc)) from None
         for inst in result["stopped"]:
-            out.print(f"stopped {inst['model']} ({inst['runtime']} {inst['id']})", markup=False)
+            where = f" on {inst['node']}" if inst.get("node") else ""
+            out.print(
+                f"stopped {inst['model']} ({inst['runtime']} {inst['id']}{where})", markup=False
+            )
         _wait_exit(client.record.pid)
         out.print(
             f"{len(result['stopped'])} backend(s) stopped; modelplane run (pid {client.record.pid})"
@@ -361,8 +364,7 @@ async def _down_offline(found: Located) -> tuple[int, dict[str, str]]:
     async with await Controller.open(directory, found.state_dir) as controller:
         try:
             _, desired = await controller.load(online=False, persist=False)
-            names = {"process", desired.node.runtime}
-            names |= {m.runtime for m in desired.models.values()}
+            names = runtime_names(desired)
         except FileNotFoundError:
             names = {"process"}
         instances, unavailable = await controller.runtimes.list(names)
@@ -373,7 +375,10 @@ async def _down_offline(found: Located) -> tuple[int, dict[str, str]]:
                 await controller.store.add_event(
                     "Stopped", "stopped by modelplane down", inst.model
                 )
-                out.print(f"stopped {inst.model} ({inst.runtime} {inst.ident})", markup=False)
+                where = f" on {inst.node}" if inst.node else ""
+                out.print(
+                    f"stopped {inst.model} ({inst.runtime} {inst.ident}{where})", markup=False
+                )
                 stopped += 1
         return stopped, unavailable
 
@@ -400,9 +405,12 @@ def status(directory: FindOption = None, as_json: JsonOption = False) -> None:
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    out.print(views.models_table(data["models"]))
+    cluster = data.get("cluster")
+    out.print(views.models_table(data["models"], nodes=cluster is not None))
     if data["gpus"].get("gpus"):
         out.print(views.gpu_table(data["gpus"]))
+    if cluster is not None and cluster["nodes"]:
+        out.print(views.node_table(cluster))
     out.print(data["applied"]["text"] if data.get("applied") else applied_line(None), markup=False)
     for error in data.get("errors", []):
         err.print(error, markup=False, style="red")

@@ -36,6 +36,9 @@ def placement_text(action: Action, report: PassReport, has_gpus: bool) -> str:
         return f"UNSCHEDULABLE: {sched.unschedulable[action.model]}"
     if action.model in sched.waiting:
         return f"after evictions: {sched.waiting[action.model]}"
+    if action.node is not None:  # on a Ray node: the reason names the node and the GPUs
+        why = sched.placed.get(action.model, f"node {action.node.name}")
+        return f"{why}; num_gpus {action.node.num_gpus:g}"
     if action.placement is None or not has_gpus:
         return ""
     gpus, args = action.placement.gpus, action.placement.args
@@ -74,7 +77,13 @@ def plan_json(engine: Engine, report: PassReport) -> dict[str, Any]:
                 ],
                 "reason": sched.placed.get(action.model, ""),
             }
-    claims = [c for cs in {**engine.claims, **sched.claims}.values() for c in cs]
+            if action.node is not None:  # a Ray node: which, and what Ray is asked for
+                placements[action.model] |= {
+                    "node": action.node.name,
+                    "nodeId": action.node.node_id,
+                    "numGpus": action.node.num_gpus,
+                }
+    claims = engine.local_claims(sched.claims)
     return {
         "actions": [
             {"kind": a.kind, "model": a.model, "cause": a.cause}

@@ -23,11 +23,13 @@ def _size(value: int | None) -> str:
     return "-" if value is None else format_size(value)
 
 
-def models_table(models: Sequence[Mapping[str, Any]]) -> Table:
-    """``modelplane status``: one row per model, with phase, sync and why."""
+def models_table(models: Sequence[Mapping[str, Any]], nodes: bool = False) -> Table:
+    """``modelplane status``: one row per model, with phase, sync and why; with ``nodes`` (a Ray
+    cluster), the node each one runs on."""
+    nodes = nodes or any(row.get("node") for row in models)
     table = Table(box=None, pad_edge=False)
-    columns = ("MODEL", "PHASE", "SYNC", "RUNTIME", "GPUS", "ENDPOINT", "IDLE", "REVISION")
-    for column in (*columns, "SIZE", "QUANT", "REASON"):
+    columns = ("MODEL", "PHASE", "SYNC", "RUNTIME", *(("NODE",) if nodes else ()), "GPUS")
+    for column in (*columns, "ENDPOINT", "IDLE", "REVISION", "SIZE", "QUANT", "REASON"):
         table.add_column(column, overflow="fold")
     for row in models:
         name = row["name"] + (" (pinned)" if row["pinned"] else "")
@@ -38,6 +40,7 @@ def models_table(models: Sequence[Mapping[str, Any]]) -> Table:
             row["phase"],
             row["sync"],
             row["runtime"] or "-",
+            *((row.get("node") or "-",) if nodes else ()),
             ",".join(map(str, row["gpus"])) or "-",
             row["endpoint"] or "-",
             format_duration(idle) if idle is not None else "-",
@@ -45,6 +48,29 @@ def models_table(models: Sequence[Mapping[str, Any]]) -> Table:
             _size(row.get("size")),
             row.get("quantization") or "-",
             escape(row["reason"]),
+        )
+    return table
+
+
+def node_table(cluster: Mapping[str, Any]) -> Table:
+    """A Ray cluster's nodes: alive or not, GPUs (claimed of total), labels, models."""
+    table = Table(title=f"Ray cluster at {cluster['address']}", box=None, pad_edge=False)
+    for column in ("NODE", "STATE", "GPUS", "LABELS", "MODELS"):
+        table.add_column(column, overflow="fold")
+    for node in cluster["nodes"]:
+        state = "alive" if node["alive"] else f"dead: {node['death'] or 'lost'}"
+        gpus = ", ".join(
+            f"{g['index']}: {format_size(g['claimed'])}/{format_size(g['total'])}"
+            for g in node["gpus"]
+        )
+        # Ray's own labels (ray.io/node-id...) are noise here
+        own = sorted((k, v) for k, v in node["labels"].items() if not k.startswith("ray.io/"))
+        table.add_row(
+            escape(node["name"] + (" (head)" if node["head"] else "")),
+            escape(state),
+            gpus or escape(node["problem"]) or "-",
+            escape(", ".join(f"{k}={v}" for k, v in own)) or "-",
+            ", ".join(node["models"]) or "-",
         )
     return table
 

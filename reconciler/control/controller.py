@@ -12,6 +12,7 @@ from typing import Any
 
 from reconciler.gitops.source import ManifestSource
 from reconciler.gitops.worktree import GitInfo, changes_between
+from reconciler.gpus.inventory import probe_gpus
 from reconciler.manifests import manifest_set
 from reconciler.manifests.manifest_set import ManifestSet
 from reconciler.manifests.schema import NodeSpec
@@ -35,7 +36,12 @@ class Controller:
         self.runtimes = runtimes
         runtimes.on_pull = PullEvents(store.add_event)  # image pulls show in the event log
         self.weights = WeightsManager(store)
-        self.executor = Executor(runtimes, store, resolve_path=self.weights.resolved_path)
+        self.executor = Executor(
+            runtimes,
+            store,
+            resolve_path=self.weights.resolved_path,
+            remote_prepare=self.weights.remote_prepare,
+        )
         self.state_dir = runtimes.state_dir
         self.git: GitInfo | None = None  # where the current generation's manifests came from
 
@@ -52,9 +58,11 @@ class Controller:
             node = NodeSpec()
         state_dir = state_dir or paths.state_dir(node)
         store = await Store.open(state_dir / "modelplane.db")
-        return cls(manifest_dir, store, RuntimeSet(state_dir, node.docker_host))
+        runtimes = RuntimeSet(state_dir, node.docker_host, node.ray, gpu_probe=probe_gpus)
+        return cls(manifest_dir, store, runtimes)
 
     async def close(self) -> None:
+        await self.runtimes.close()
         await self.store.close()
 
     async def __aenter__(self) -> Controller:
@@ -76,13 +84,13 @@ class Controller:
             extra_roots=self.source.extra_roots,
         )
         self.weights.configure(manifests.node)
+        self.runtimes.ray = manifests.node.ray  # the cluster as the Node manifest says now
         revisions = await self.weights.resolve_all(manifests, online=online, persist=persist)
         return manifests, build_desired(manifests, revisions)
 
     async def observe(self, desired: Desired) -> tuple[list[Instance], dict[str, str]]:
         """What the runtimes run (every runtime some model uses), and the ones unreachable."""
-        names = {"process", desired.node.runtime, *(m.runtime for m in desired.models.values())}
-        return await self.runtimes.list(names)
+        return await self.runtimes.list(runtime_names(desired))
 
     async def record_generation(
         self, manifests: ManifestSet, desired: Desired, outcome: str
@@ -132,3 +140,12 @@ class Controller:
                 + "\n".join(errors),
             )
         return generation, True
+
+
+def runtime_names(desired: Desired) -> set[str]:
+    """The runtimes to look at: every one a model uses, the Node's, and the Ray cluster when
+    one is configured (actors there that no manifest wants any more are pruned too)."""
+    names = {"process", desired.node.runtime, *(m.runtime for m in desired.models.values())}
+    if desired.node.ray is not None:
+        names.add("ray")
+    return names

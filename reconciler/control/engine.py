@@ -27,14 +27,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.gateway import Phase
+from reconciler.gpus.cluster import Cluster, schedule_everywhere, where_models_run
 from reconciler.gpus.estimates import estimate_all, missing
 from reconciler.gpus.inventory import Inventory, node_gpus, read_inventory
-from reconciler.gpus.scheduler import Schedule, holders, instance_claims, pins_problem, schedule
+from reconciler.gpus.scheduler import Schedule, holders, instance_claims, pins_problem
 from reconciler.gpus.types import Claim
 from reconciler.gpus.vram import Estimate
 from reconciler.manifests.manifest_set import ManifestSet
@@ -42,7 +43,7 @@ from reconciler.planning.desired import Desired, build_desired
 from reconciler.planning.outcome import Outcome
 from reconciler.planning.planner import Action, PruneRefused, plan, unseen
 from reconciler.runtimes.backoff import CrashBackoff
-from reconciler.runtimes.base import Instance
+from reconciler.runtimes.base import Instance, RuntimeUnavailable
 from reconciler.weights.gate import WeightsInfo, gate_downloads
 from reconciler.weights.manager import ProgressListener
 
@@ -183,6 +184,10 @@ class Engine:
         self._writes: set[asyncio.Task[object]] = set()
         self._waiters: dict[str, asyncio.Future[str]] = {}
         self._placed: dict[str, tuple[Claim, ...]] = {}
+        self._placed_nodes: dict[str, str] = {}  # Ray starts: model -> the node placed on
+        self.cluster = Cluster()  # the Ray cluster's nodes (Node.ray), read each pass
+        # a Ray actor exited or the cluster connection dropped: look now, not at the resync
+        controller.runtimes.on_change.append(lambda: self.request_pass())
         self._pass_lock = asyncio.Lock()
         self._refused: str | None = None
         self._first_pass = asyncio.Event()
@@ -297,15 +302,12 @@ class Engine:
             desired = self.desired
             before = self.unavailable
             self.actual, self.unavailable = await self.controller.observe(desired)
+            self.cluster = await self._read_cluster()
             await self._note_runtimes(before)
             blind = self._blind()
             self.inventory = await asyncio.to_thread(read_inventory, node_gpus(desired.node))
             if todo := missing(self.estimates, desired):  # new, changed, or weights arrived
-                resolve = self.controller.executor.resolve_path
-                found = await asyncio.to_thread(
-                    estimate_all, desired, resolve, todo, bool(self.inventory.gpus)
-                )
-                self.estimates.update(found)
+                self.estimates.update(await self._estimate(todo))
             self.pins = pins_problem(
                 desired, self.inventory.gpus, desired.node.vram_reserve, self.estimates
             )
@@ -339,6 +341,50 @@ class Engine:
             self._first_pass.set()
             self._changed()
             return report
+
+    async def _read_cluster(self) -> Cluster:
+        """The Ray cluster's nodes (with ``Node.ray``), and where its models are: those that
+        run or start, and the starts under way (placed; their actors perhaps not created yet).
+        A cluster that cannot be reached is an unavailable runtime, like a daemon that is down.
+        """
+        assert self.desired is not None
+        if self.desired.node.ray is None or "ray" in self.unavailable:
+            return Cluster()
+        try:
+            nodes = await self.controller.runtimes.ray_runtime().nodes()
+        except RuntimeUnavailable as exc:
+            self.unavailable["ray"] = str(exc)
+            return Cluster()
+        starting = {n: node for n, node in self._placed_nodes.items() if n in self.busy}
+        return Cluster(tuple(nodes), {**starting, **where_models_run(self.actual)})
+
+    async def _estimate(self, names: list[str]) -> dict[str, Estimate | str]:
+        """VRAM estimates: a model of this box needs one where the box has GPUs, a Ray model
+        where some node of the cluster has (blocking file reads: in a thread)."""
+        assert self.desired is not None
+        desired = self.desired
+        resolve = self.controller.executor.resolve_path
+        on_ray = [n for n in names if desired.models[n].runtime == "ray"]
+        here = [n for n in names if n not in on_ray]
+        found = await asyncio.to_thread(
+            estimate_all, desired, resolve, here, bool(self.inventory.gpus)
+        )
+        if on_ray:
+            has_gpus = self.cluster.has_gpus
+            found |= await asyncio.to_thread(estimate_all, desired, resolve, on_ray, has_gpus)
+        return found
+
+    def local_claims(self, extra: Mapping[str, tuple[Claim, ...]] | None = None) -> list[Claim]:
+        """Claims on this box's GPUs: those of the Ray models are on their nodes' GPUs
+        (see :attr:`cluster`), whose indices mean other devices."""
+        merged = {**self.claims, **(extra or {})}
+        on_ray = {n for n, node in where_models_run(self.actual).items() if node}
+        on_ray |= (
+            {n for n, m in self.desired.models.items() if m.runtime == "ray"}
+            if self.desired
+            else set()
+        )
+        return [c for name, cs in merged.items() if name not in on_ray for c in cs]
 
     def _refresh_weights_info(self) -> None:
         """Revision, size and quantisation for status, read beside the pass: a GGUF header can
@@ -533,7 +579,7 @@ class Engine:
         # free), the starts they make room for wait instead of evicting more.
         settle = self.evicting or now < self.settle_until
         settling = frozenset(self.waiting_gpu) if settle else frozenset()
-        result = schedule(
+        result = schedule_everywhere(
             actions,
             desired,
             self.actual,
@@ -543,6 +589,7 @@ class Engine:
             self.estimates,
             candidates,
             settling,
+            self.cluster,
         )
         report.schedule = result
         held = {**result.waiting, **result.unschedulable}
@@ -560,6 +607,7 @@ class Engine:
         for name in result.claims:
             self.unschedulable_since.pop(name, None)
         self._placed = result.claims
+        self._placed_nodes |= result.nodes
         first = [a for a in result.actions if a.kind not in STARTS]
         return first + [a for a in result.actions if a.kind in STARTS]
 
@@ -616,9 +664,15 @@ class Engine:
             if action.kind in STARTS:
                 self.activity.wanted.discard(name)
                 if outcome.ok and outcome.instance and outcome.instance.endpoint:
-                    self.ready[name] = outcome.instance.endpoint
+                    started = outcome.instance
+                    if started.node_id:  # Ray chose the GPUs on the node: claim those
+                        estimate = self.estimates.get(name)
+                        self.claims[name] = instance_claims(name, started.gpus, estimate)
+                    # what runs now, until the next pass lists it (views show its node)
+                    self.actual = [i for i in self.actual if i.model != name] + [started]
+                    self.ready[name] = started.endpoint
                     self._set_phase(name, Phase.READY)
-                    self._resolve(name, outcome.instance.endpoint)
+                    self._resolve(name, started.endpoint)
                 else:
                     self.claims.pop(name, None)
                     self._record_failure(name, outcome.message, permanent=outcome.permanent)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from reconciler.planning.desired import Desired, DesiredModel
 from reconciler.planning.launch import launch_spec
 from reconciler.planning.outcome import Outcome
 from reconciler.planning.planner import Action, Placement
 from reconciler.runtimes import RuntimeSet
-from reconciler.runtimes.base import Instance, StartError
+from reconciler.runtimes.base import Instance, LaunchSpec, Prepare, StartError
 from reconciler.state.store import Store
 
 
@@ -33,10 +34,12 @@ class Executor:
         store: Store,
         resolve_path: Callable[[DesiredModel], str | None] = lambda model: None,
         grace: float = 10.0,
+        remote_prepare: Callable[[DesiredModel], Prepare | None] = lambda model: None,
     ) -> None:
         self.runtimes = runtimes
         self.store = store
-        self.resolve_path = resolve_path
+        self.resolve_path = resolve_path  # weights in this box's cache
+        self.remote_prepare = remote_prepare  # weights fetched where a Ray backend runs
         self.grace = grace
 
     async def run(self, actions: list[Action], desired: Desired, generation: int) -> list[Outcome]:
@@ -83,27 +86,34 @@ class Executor:
         return Outcome(action, True)
 
     async def _start(self, action: Action, model: DesiredModel, generation: int) -> Outcome:
-        runtime = self.runtimes.get(model.runtime)
         began = time.monotonic()
         try:
-            placement = action.placement or explicit_placement(model)
-            spec = launch_spec(
-                model, generation, placement.gpus or None, self.resolve_path(model), placement.args
-            )
+            spec = self._launch(action, model, generation)
         except ValueError as exc:
             return await self._failed(action, str(exc))
-        await self.event("Starting", str(action), model.name)
+        where = f" on node {action.node.name}" if action.node else ""
+        await self.event("Starting", f"{action}{where}", model.name)
         try:
-            instance = await runtime.start(spec)
+            instance = await self.runtimes.get(model.runtime).start(spec)
         except StartError as exc:
             return await self._failed(action, str(exc), exc.permanent)
         except Exception as exc:  # runtime unavailable, docker API errors, ...
             return await self._failed(action, f"{type(exc).__name__}: {exc}")
         took = time.monotonic() - began
-        await self.event(
-            "Started", f"{model.name} ready on {instance.endpoint} in {took:.1f}s", model.name
-        )
+        where = f" (node {instance.node})" if instance.node else ""
+        ready = f"{model.name} ready on {instance.endpoint}{where} in {took:.1f}s"
+        await self.event("Started", ready, model.name)
         return Outcome(action, True, instance=instance)
+
+    def _launch(self, action: Action, model: DesiredModel, generation: int) -> LaunchSpec:
+        """The launch of a start: on this box with the weights of this box's cache; on a Ray
+        node with the node placement chose, fetching the weights there."""
+        placement = action.placement or explicit_placement(model)
+        gpus, args = placement.gpus or None, placement.args
+        if model.runtime != "ray":
+            return launch_spec(model, generation, gpus, self.resolve_path(model), args)
+        spec = launch_spec(model, generation, gpus, None, args, remote=True)
+        return replace(spec, node=action.node, prepare=self.remote_prepare(model))
 
     async def _failed(self, action: Action, message: str, permanent: bool = False) -> Outcome:
         await self.event("Failed", f"{action}: {message}", action.model)

@@ -27,7 +27,7 @@ from reconciler.planning.planner import Action
 from reconciler.state.store import Event, Generation
 
 from .activity import ActivityTracker
-from .controller import Controller
+from .controller import Controller, runtime_names
 from .engine import Engine, WakeFailed, WakeUnschedulable, WeightsUnavailable
 from .loop import ReconcileLoop
 from .overrides import manifest_digests
@@ -151,6 +151,7 @@ class Service:
             return
         routes: dict[str, ModelRoute] = {}
         listing = []
+        nodes = {i.model: i.node for i in engine.actual if i.node and i.state != "exited"}
         for name, model in desired.models.items():
             route = ModelRoute(
                 name=name,
@@ -162,6 +163,7 @@ class Service:
                 endpoint=engine.ready.get(name),
                 created=self._created.setdefault(name, int(time.time())),
                 labels=dict(model.labels),
+                node=nodes.get(name, ""),
             )
             listing.append(route)
             routes[name] = route
@@ -263,7 +265,7 @@ class Service:
 
     def gpu_snapshot(self) -> tuple[Inventory, list[Claim]]:
         """The GPUs as of the last pass, and the claims of the models that run or start."""
-        return self.engine.inventory, [c for cs in self.engine.claims.values() for c in cs]
+        return self.engine.inventory, self.engine.local_claims()
 
     async def snapshot(self) -> Snapshot:
         """What every view shows (``/api/status``, ``modelplane status``, the dashboard)."""
@@ -390,9 +392,7 @@ class Service:
         await self.loop.stop()
         engine = self.engine
         desired = engine.desired
-        names = {"process", *(m.runtime for m in desired.models.values())} if desired else set()
-        if desired is not None:
-            names.add(desired.node.runtime)
+        names = runtime_names(desired) if desired else {"process"}
         instances, unavailable = await self.controller.runtimes.list(names)
         stopped = []
         for inst in instances:
@@ -401,7 +401,8 @@ class Service:
                 await self.controller.store.add_event(
                     "Stopped", "stopped by modelplane down", inst.model
                 )
-                stopped.append({"model": inst.model, "runtime": inst.runtime, "id": inst.ident})
+                entry = {"model": inst.model, "runtime": inst.runtime, "id": inst.ident}
+                stopped.append(entry | {"node": inst.node})
         asyncio.get_running_loop().call_later(0.2, self.on_exit_request)
         return {"stopped": stopped, "unavailable": unavailable}
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from proxy.gateway import Phase
 from reconciler.gitops.applied import applied
+from reconciler.gpus.cluster import cluster_json
 from reconciler.gpus.inventory import inventory_json
 from reconciler.gpus.types import Claim
 from reconciler.planning.desired import DesiredModel
@@ -53,6 +54,7 @@ class ModelView:
     size: int | None = None  # bytes of the model's files
     quantization: str | None = None  # from the GGUF header
     download: dict[str, int] | None = None  # under way: {"done": bytes, "total": bytes}
+    node: str = ""  # the cluster node its backend runs on (the ray runtime); "" = this box
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,7 @@ class ModelView:
             "size": self.size,
             "quantization": self.quantization,
             "download": self.download,
+            "node": self.node,
         }
 
 
@@ -93,6 +96,7 @@ class Snapshot:
     ready_reason: str = ""
     applied: dict[str, Any] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)  # git, notifications (the service's)
+    cluster: dict[str, Any] | None = None  # the Ray cluster's nodes (with Node.ray)
 
     def model(self, name: str) -> ModelView | None:
         return next((m for m in self.models if m.name == name), None)
@@ -113,6 +117,7 @@ class Snapshot:
             "ready": self.ready,
             "readyReason": self.ready_reason,
             "applied": self.applied,
+            **({"cluster": self.cluster} if self.cluster is not None else {}),
             **self.extra,
         }
 
@@ -195,9 +200,10 @@ def take_snapshot(
                 size=info.size,
                 quantization=info.quantization,
                 download=download,
+                node=inst.node if inst and inst.state != "exited" else "",
             )
         )
-    claims_list: list[Claim] = [c for cs in engine.claims.values() for c in cs]
+    claims_list: list[Claim] = engine.local_claims()  # (Ray models': in the cluster's view)
     pins = (engine.pins,) if engine.pins else ()
     return Snapshot(
         time=now,
@@ -211,7 +217,17 @@ def take_snapshot(
         ready_reason=why,
         applied=applied(generation),
         extra=extra or {},
+        cluster=_cluster(engine),
     )
+
+
+def _cluster(engine: Engine) -> dict[str, Any] | None:
+    """The Ray cluster (Node.ray): its address, and each node with its GPUs, labels, models."""
+    desired = engine.desired
+    if desired is None or desired.node.ray is None:
+        return None
+    nodes = cluster_json(engine.cluster, engine.claims, engine.actual)
+    return {"address": desired.node.ray.address, **nodes}
 
 
 def _sync(

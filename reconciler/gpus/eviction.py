@@ -151,7 +151,7 @@ def _without(
     return after, [c for c in claims if c.model not in gone]
 
 
-def _cost(victims: Sequence[RunningModel]) -> tuple:
+def victims_cost(victims: Sequence[RunningModel]) -> tuple:
     prios = sorted((v.priority for v in victims), reverse=True)
     return (
         prios[0],
@@ -164,7 +164,7 @@ def _cost(victims: Sequence[RunningModel]) -> tuple:
 
 
 def _search(candidates: list[RunningModel], fits) -> list[RunningModel] | None:
-    """The best set by :func:`_cost`, or None when the search would pass :data:`SEARCH_LIMIT`.
+    """The best set by :func:`victims_cost`, or None past :data:`SEARCH_LIMIT` tries.
 
     A set at priority level p must hold a model of level p (sets below p were all tried), and
     fitting is monotone (fewer claims never hurt), so the first size that fits is the fewest.
@@ -183,7 +183,7 @@ def _search(candidates: list[RunningModel], fits) -> list[RunningModel] | None:
                 if fits(combo):
                     found.append(list(combo))
             if found:
-                return min(found, key=_cost)
+                return min(found, key=victims_cost)
     return None
 
 

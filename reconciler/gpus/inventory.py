@@ -192,6 +192,14 @@ def read_inventory(node_gpus: NodeGpus = "auto", nvml: Any = pynvml) -> Inventor
     return merge_inventory(node_gpus, reading)
 
 
+def probe_gpus() -> list[dict[str, Any]]:
+    """This machine's GPUs as plain data (index, total bytes, name), for a cluster node: the
+    ray runtime runs it once on each node with GPUs to learn their sizes. Empty without NVML."""
+    return [
+        {"index": g.index, "total": g.total, "name": g.name} for g in read_inventory("auto").gpus
+    ]
+
+
 def observed_usage(
     inventory: Inventory, pids: Mapping[str, Collection[int]]
 ) -> dict[tuple[str, int], int]:

@@ -36,6 +36,7 @@ class Schedule:
     unschedulable: dict[str, str] = field(default_factory=dict)
     claims: dict[str, tuple[Claim, ...]] = field(default_factory=dict)  # of the starts placed
     placed: dict[str, str] = field(default_factory=dict)  # why each start went where it did
+    nodes: dict[str, str] = field(default_factory=dict)  # Ray starts placed: model -> node id
 
 
 def instance_claims(
@@ -86,7 +87,7 @@ def schedule(
     evicted = False
     for action in starts:
         model = desired.models[action.model]
-        outcome = _place_one(model, gpus, reserve, taken, estimates.get(model.name))
+        outcome = place_one(model, gpus, reserve, taken, estimates.get(model.name))
         if isinstance(outcome, Placement):
             result.actions.append(replace(action, placement=outcome))
             result.claims[model.name] = taken[model.name] = claims_of(outcome, model.name)
@@ -117,7 +118,7 @@ def schedule(
     return result
 
 
-def _place_one(
+def place_one(
     model: DesiredModel,
     gpus: Sequence[GpuInfo],
     reserve: int,

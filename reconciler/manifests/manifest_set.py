@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from .engines import BUILTIN_ENGINES
 from .loader import ManifestError, ManifestFile, RawDocument, read_directory
-from .schema import KINDS, Document, EngineSpec, ModelDoc, NodeSpec
+from .schema import KINDS, Document, EngineSpec, ModelDoc, ModelSpec, NodeSpec
 
 Key = tuple[str, str]  # (kind, name)
 
@@ -217,14 +217,14 @@ def _cross_check(
     for name in (m.name for m in models):
         taken[name] = seen[("Model", name)]
     for item in models:
-        problems = _model_problems(item, engines, known_gpus, taken)
+        problems = _model_problems(item, engines, known_gpus, taken, node)
         if problems and item.stale is None:
             for problem in problems:
                 result.errors.append(_error(item, problem))
             stored = last.get(("Model", item.name))
             fallback = _fallback(stored, _error(item, problems[0])) if stored else None
             if fallback and fallback.body != item.body:
-                if not _model_problems(fallback, engines, known_gpus, taken):
+                if not _model_problems(fallback, engines, known_gpus, taken, node):
                     item = fallback
                 else:
                     continue
@@ -243,6 +243,7 @@ def _model_problems(
     engines: Mapping[str, EngineSpec],
     known_gpus: set[int] | None,
     taken: Mapping[str, InForce],
+    node: NodeSpec,
 ) -> list[str]:
     assert isinstance(item.doc, ModelDoc)
     spec = item.doc.spec
@@ -251,7 +252,9 @@ def _model_problems(
         problems.append(
             f"engine {spec.engine!r} does not exist (known: {', '.join(sorted(engines))})"
         )
-    if isinstance(spec.gpus, list) and known_gpus is not None:
+    problems += _runtime_problems(spec, node)
+    on_this_box = (spec.runtime or node.runtime) != "ray"  # a Ray node's GPUs are not ours
+    if on_this_box and isinstance(spec.gpus, list) and known_gpus is not None:
         missing = sorted(set(spec.gpus) - known_gpus)
         if missing:
             have = ", ".join(map(str, sorted(known_gpus))) or "none"
@@ -263,6 +266,24 @@ def _model_problems(
             problems.append(f"alias {alias!r} is already {what} ({owner.where})")
     if len(set(spec.aliases)) != len(spec.aliases):
         problems.append("aliases repeat a name")
+    return problems
+
+
+def _runtime_problems(spec: ModelSpec, node: NodeSpec) -> list[str]:
+    """What the model asks that its runtime cannot do (the ray runtime's own fields)."""
+    runtime = spec.runtime or node.runtime
+    if runtime != "ray":
+        if spec.node_selector:
+            return [f"nodeSelector applies to the ray runtime only (this model runs on {runtime})"]
+        return []
+    problems = []
+    if node.ray is None:
+        problems.append("runtime ray needs Node.spec.ray.address (the cluster to run on)")
+    if isinstance(spec.gpus, list):
+        problems.append(
+            "explicit GPU indices do not apply on a Ray cluster (Ray assigns the GPUs on the "
+            "node placement chooses): use gpus: auto, and nodeSelector to choose nodes"
+        )
     return problems
 
 

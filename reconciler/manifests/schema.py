@@ -80,7 +80,7 @@ Listen = Annotated[
         }
     ),
 ]
-RuntimeName = Literal["process", "docker"]
+RuntimeName = Literal["process", "docker", "ray"]
 ImagePull = Literal["IfNotPresent", "Always", "Never"]
 NotifyEvent = Literal["Failed", "Unschedulable", "Recovered", "Applied"]
 
@@ -152,6 +152,11 @@ class ModelSpec(Strict):
     image_pull: ImagePull | None = None
     container: ContainerSpec | None = None
     suspend: bool = Field(False, description="Freeze this model as it is.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict,
+        description="Ray runtime: run only on nodes whose Ray labels have these values "
+        "(ray start --labels zone=a).",
+    )
 
 
 # --- Engine ---------------------------------------------------------------------------------
@@ -216,6 +221,26 @@ class ProxySpec(Strict):
     )
 
 
+class RaySpec(Strict):
+    """The Ray cluster that runs the models (``runtime: ray``)."""
+
+    address: str = Field(
+        description="auto (a cluster this machine is part of), ray://head:10001 (Ray Client) "
+        "or head:6379 (the GCS).",
+        pattern=r"^(auto|ray://.+:\d+|[^/\s]+:\d+)$",
+    )
+    namespace: str = Field(
+        "modelplane",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="The Ray namespace of modelplane's actors (one per controller).",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Each node's Hugging Face cache (an HF_HOME, local or shared); default "
+        "~/.cache/modelplane/hf of the user Ray runs as.",
+    )
+
+
 class NodeSpec(Strict):
     runtime: RuntimeName = "process"
     listen: Listen = "127.0.0.1:8400"
@@ -228,9 +253,16 @@ class NodeSpec(Strict):
     max_downloads: int = Field(2, ge=1)
     hf_token_file: str | None = None
     docker_host: str | None = None
+    ray: RaySpec | None = None
     git: GitSpec | None = None
     notify: list[NotifyTarget] = Field(default_factory=list)
     proxy: ProxySpec = Field(default_factory=ProxySpec)
+
+    @model_validator(mode="after")
+    def _ray_needs_a_cluster(self) -> NodeSpec:
+        if self.runtime == "ray" and self.ray is None:
+            raise ValueError("runtime: ray needs ray.address, the cluster to run on")
+        return self
 
 
 # --- envelopes ------------------------------------------------------------------------------

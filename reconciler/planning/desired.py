@@ -50,7 +50,7 @@ def effective_spec(
     source = spec.source.model_dump(by_alias=True, exclude={"prefetch"}, exclude_none=True)
     if revision and "huggingface" in source:
         source["huggingface"]["revision"] = revision
-    return {
+    effective: dict[str, Any] = {
         "engine": {
             "name": engine_name,
             **engine.model_dump(by_alias=True, include={"image", "command", "env", "health_path"}),
@@ -63,6 +63,9 @@ def effective_spec(
         "container": spec.container.model_dump(by_alias=True) if spec.container else None,
         "imagePull": spec.image_pull or engine.image_pull,
     }
+    if runtime == "ray":  # (only there: other models' hashes, and so their backends, stay)
+        effective["nodeSelector"] = dict(spec.node_selector)
+    return effective
 
 
 def spec_hash(effective: Mapping[str, Any]) -> str:

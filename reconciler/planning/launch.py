@@ -40,16 +40,19 @@ def launch_spec(
     gpus: tuple[int, ...] | None,
     resolved_path: str | None = None,
     extra_args: tuple[str, ...] = (),
+    remote: bool = False,
 ) -> LaunchSpec:
     """``gpus`` is the placement (``None`` = no GPU); ``extra_args`` come from placement too
-    (``--tensor-split``)."""
-    model_path, model_dir = model_location(model, resolved_path)
-    values = {
-        "model_path": model_path,
-        "model_dir": model_dir,
-        "name": model.name,
-        "gpus": ",".join(map(str, gpus or ())),
-    }
+    (``--tensor-split``). ``remote``: the backend runs on a cluster node (the ray runtime),
+    which fills ``{gpus}`` with the GPUs it is given there, and ``{model_path}``/``{model_dir}``
+    of a hub source with its own copy of the weights."""
+    values = {"name": model.name}
+    model_dir = None
+    if not (remote and model.spec.source.path is None):
+        model_path, model_dir = model_location(model, resolved_path)
+        values |= {"model_path": model_path, "model_dir": model_dir}
+    if not remote:
+        values["gpus"] = ",".join(map(str, gpus or ()))
     command = render_command([*model.engine.command, *model.spec.args, *extra_args], values)
     container = model.spec.container
     options = ContainerOptions(
@@ -61,7 +64,8 @@ def launch_spec(
         network=container.network if container else "host",
         image_pull=model.spec.image_pull or model.engine.image_pull,
     )
-    mounts = (weights_mount(model_dir),) if model.spec.source.path or resolved_path else ()
+    local = model_dir is not None and (model.spec.source.path or resolved_path)
+    mounts = (weights_mount(model_dir),) if local else ()
     return LaunchSpec(
         model=model.name,
         spec_hash=model.spec_hash,

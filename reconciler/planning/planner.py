@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from reconciler.runtimes.base import Instance
+from reconciler.runtimes.base import Instance, NodeChoice
 from reconciler.units import format_duration
 
 from .desired import Desired, DesiredModel, changed_fields
@@ -63,6 +63,7 @@ class Action:
     cause: str
     instance: Instance | None = None  # the instance stopped or replaced
     placement: Placement | None = None  # set by the GPU scheduler for starts
+    node: NodeChoice | None = None  # the ray runtime: the cluster node placement chose
 
     def __str__(self) -> str:
         return f"{self.kind} {self.model} ({self.cause})"

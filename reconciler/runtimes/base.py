@@ -9,7 +9,7 @@ carries ``modelplane.managed=true``, ``modelplane.model`` and ``modelplane.spec-
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -19,6 +19,7 @@ SPEC_HASH_LABEL = "modelplane.spec-hash"
 GENERATION_LABEL = "modelplane.generation"
 
 InstanceState = Literal["starting", "running", "exited"]
+Prepare = Callable[[Callable[[str], None]], Mapping[str, str]]
 
 
 def managed_labels(model: str, spec_hash: str, generation: int) -> dict[str, str]:
@@ -45,6 +46,8 @@ class Instance:
     gpus: tuple[int, ...] = ()
     started_at: float = 0.0
     exit_reason: str | None = None  # for state == "exited": exit code / signal and log tail
+    node: str = ""  # the cluster node it runs on, by name ("" = this box)
+    node_id: str = ""  # that node's id (the ray runtime)
 
     @property
     def managed(self) -> bool:
@@ -69,6 +72,15 @@ class ContainerOptions:
 
 
 @dataclass(frozen=True)
+class NodeChoice:
+    """Where placement put a model on a cluster, and the GPUs it asks of the cluster there."""
+
+    node_id: str
+    name: str
+    num_gpus: float = 0.0
+
+
+@dataclass(frozen=True)
 class LaunchSpec:
     """Everything a runtime needs to start one model's backend.
 
@@ -88,6 +100,12 @@ class LaunchSpec:
     image: str | None = None
     mounts: tuple[str, ...] = ()  # host paths mounted read-only at the same path (docker)
     container: ContainerOptions = ContainerOptions()
+    node: NodeChoice | None = None  # ray: the node placement chose (None: Ray chooses)
+    # ray: work done where the backend runs, before its engine starts (fetching a hub source
+    # into that node's cache); called with a callback for progress in words, it returns more
+    # placeholder values ({model_path}, {model_dir}). A module-level function or a partial of
+    # one, since it travels to the node by reference.
+    prepare: Prepare | None = None
 
     @property
     def labels(self) -> dict[str, str]:

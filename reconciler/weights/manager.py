@@ -26,7 +26,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,13 +35,14 @@ from reconciler.manifests.schema import HuggingFaceSource, ModelDoc, NodeSpec
 from reconciler.planning.desired import Desired, DesiredModel
 from reconciler.planning.outcome import Outcome
 from reconciler.planning.planner import Action
-from reconciler.runtimes.base import Instance
+from reconciler.runtimes.base import Instance, Prepare
 from reconciler.state import paths
 from reconciler.state.store import Store
 from reconciler.units import format_size
 
 from .gate import WeightsInfo, WeightsState
 from .records import FileRecord, WeightsRecords
+from .remote import HubWeights, fetch_on_node
 
 # The weights package imports huggingface_hub, httpx and gguf (numpy): a second or more of start
 # time that every CLI command would pay. It is imported where a hub source needs it.
@@ -194,10 +195,30 @@ class WeightsManager:
 
         return str(model_path(self.cache_dir, resolution))
 
+    def remote_prepare(self, model: DesiredModel) -> Prepare | None:
+        """For a backend on a Ray node: fetch the hub source there, into the node's own cache
+        (``Node.ray.cacheDir``), at the commit resolved here. None for other sources."""
+        source = model.spec.source.huggingface
+        if source is None:
+            return None
+        ray = self._node.ray
+        hub = HubWeights(
+            repo=source.repo,
+            commit=model.effective["source"]["huggingface"]["revision"],
+            files=tuple(source.files) if source.files else None,
+            cache_dir=ray.cache_dir if ray else None,
+            endpoint=self.weights.settings.endpoint,
+            offline=self.weights.settings.offline,
+        )
+        return partial(fetch_on_node, hub)
+
     # --- the state of the cache, for the gate -----------------------------------------------
 
     async def states(self, desired: Desired) -> dict[str, WeightsState]:
-        """Every hub model's weights as the cache holds them now (stat calls, no hashing)."""
+        """Every hub model's weights as the cache holds them now (stat calls, no hashing).
+
+        A model on the Ray runtime fetches its weights on its node (:meth:`remote_prepare`):
+        nothing is downloaded here, so it is ready once its revision is resolved."""
         out: dict[str, WeightsState] = {}
         for name, model in desired.models.items():
             source = model.spec.source.huggingface
@@ -208,6 +229,9 @@ class WeightsManager:
             if resolution is None:
                 why = problem or f"{source.repo}@{source.revision} has not been resolved yet"
                 out[name] = WeightsState(source.repo, None, False, problem=why)
+                continue
+            if model.runtime == "ray":
+                out[name] = WeightsState(resolution.repo, resolution.commit, ready=True)
                 continue
             records = await self.records.files(resolution.repo, resolution.commit)
             out[name] = await asyncio.to_thread(

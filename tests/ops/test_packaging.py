@@ -127,7 +127,7 @@ def test_wheel_holds_every_module_and_the_entry_point(wheel: Path) -> None:
 
 def test_wheel_metadata_matches_pyproject(wheel: Path) -> None:
     """The image installs the wheel without extras: every runtime dependency is a plain
-    requirement, and only the test and quickstart tools are extras."""
+    requirement, and only the test and quickstart tools and Ray (``runtime: ray``) are extras."""
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -143,7 +143,7 @@ def test_wheel_metadata_matches_pyproject(wheel: Path) -> None:
 
     assert names(plain) == names(project["dependencies"])
     extras = {line.split(": ", 1)[1] for line in lines if line.startswith("Provides-Extra: ")}
-    assert extras == set(project["optional-dependencies"]) == {"test", "quickstart"}
+    assert extras == set(project["optional-dependencies"]) == {"test", "quickstart", "ray"}
 
 
 # --- Dockerfile -----------------------------------------------------------------------------------
