@@ -20,16 +20,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import ipaddress
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
-from functools import lru_cache, partial
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import httptools
 
 from proxy.asgi_bridge import serve_asgi
+from proxy.forwarded import ForwardedFor, forwarded_for
 from proxy.native import STATUS_LINES, NativeDownstream
 
 if TYPE_CHECKING:
@@ -66,49 +66,6 @@ def http_protocol(app: Litestar) -> Callable[..., ProxyHttpProtocol]:
 
 def _is_under(path: bytes, prefix: bytes) -> bool:
     return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == 47)
-
-
-def _hashable(value: object) -> object:
-    return tuple(value) if isinstance(value, list) else value
-
-
-@lru_cache(maxsize=8)
-def _forwarded_for(trusted: object) -> ForwardedFor:
-    return ForwardedFor(trusted)  # type: ignore[arg-type]
-
-
-class ForwardedFor:
-    """uvicorn's ``proxy_headers``: a request from a trusted proxy (``forwarded_allow_ips``,
-    default 127.0.0.1) is logged as coming from the client its ``X-Forwarded-For`` names (the
-    nearest address that is not itself a trusted proxy)."""
-
-    def __init__(self, trusted: list[str] | tuple[str, ...] | str | None) -> None:
-        if isinstance(trusted, str):
-            trusted = [t.strip() for t in trusted.split(",")]
-        self.everyone = "*" in (trusted or [])
-        self.networks = []
-        self.literals = set()
-        for entry in trusted or []:
-            try:
-                self.networks.append(ipaddress.ip_network(entry, strict=False))
-            except ValueError:
-                self.literals.add(entry)
-
-    def trusts(self, host: str) -> bool:
-        if self.everyone or host in self.literals:
-            return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
-
-    def client(self, header: bytes) -> str:
-        hosts = [h.strip() for h in header.decode("latin-1").split(",") if h.strip()]
-        for host in reversed(hosts):
-            if not self.trusts(host):
-                return host
-        return hosts[0] if hosts else ""
 
 
 class ProxyHttpProtocol(asyncio.Protocol):
@@ -171,7 +128,7 @@ class ProxyHttpProtocol(asyncio.Protocol):
         if isinstance(local, tuple | list) and len(local) >= 2:
             self.server_addr = (str(local[0]), int(local[1]))
         if self.config.proxy_headers and self.client:
-            forwarded = _forwarded_for(_hashable(self.config.forwarded_allow_ips))
+            forwarded = forwarded_for(self.config.forwarded_allow_ips)
             if forwarded.trusts(self.client):
                 self.forwarded = forwarded
         self._last_active = self.loop.time()

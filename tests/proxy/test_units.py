@@ -329,3 +329,18 @@ def test_tallies_expose_what_prometheus_client_would() -> None:
         )
 
     assert samples(ours) == samples(theirs)
+
+
+# --- X-Forwarded-For -----------------------------------------------------------------------------
+
+
+def test_forwarded_for_names_the_nearest_untrusted_address() -> None:
+    from proxy.forwarded import ForwardedFor
+
+    trusted = ForwardedFor("127.0.0.1, 10.0.0.0/8")
+    assert trusted.trusts("127.0.0.1") and trusted.trusts("10.1.2.3")
+    assert not trusted.trusts("192.0.2.1") and not trusted.trusts("not-an-address")
+    assert trusted.client(b"203.0.113.7, 10.0.0.5") == "203.0.113.7"
+    assert trusted.client(b"198.51.100.1, 203.0.113.7, 10.0.0.5") == "203.0.113.7"
+    assert trusted.client(b"10.0.0.9, 127.0.0.1") == "10.0.0.9"  # all trusted: the first
+    assert ForwardedFor(["*"]).trusts("192.0.2.1")
