@@ -72,15 +72,20 @@ def response_headers(
     raw: list[tuple[bytes, bytes]], keep_length: bool
 ) -> list[tuple[bytes, bytes]]:
     """The backend's reply headers for the client, names lower-cased for ASGI."""
-    listed = _connection_listed(raw)
     out = []
+    connection = None
     for name, value in raw:
         name = name.lower()
-        if name in _RESPONSE_DROP or name in listed:
-            if keep_length and name == b"content-length":
+        if name in _RESPONSE_DROP:
+            if name == b"connection":
+                connection = value
+            elif keep_length and name == b"content-length":
                 out.append((name, value))
             continue
         out.append((name, value))
+    if connection:
+        listed = _connection_listed([(b"connection", connection)])
+        out = [(name, value) for name, value in out if name not in listed]
     return out
 
 
@@ -148,7 +153,7 @@ class Relayed:
     """What happened while relaying: for metrics, the request log and backend_failed."""
 
     usage: Usage | None = None
-    broken: ProxyError | None = None  # the backend failed mid-body
+    broken: ProxyError | None = None  # the backend failed mid-body: not answered yet
     backend_failed: bool = False
 
 
@@ -178,25 +183,20 @@ async def _relay_whole(down: Downstream, reply: Reply, model: str) -> Relayed:
     try:
         body = await reply.aread()
     except UpstreamError as exc:
-        error = classify(model, exc)
-        await down.fail(error)
-        return Relayed(broken=error, backend_failed=exc.backend_failed)
+        return Relayed(broken=classify(model, exc), backend_failed=exc.backend_failed)
     await down.respond(reply.status, response_headers(reply.headers, keep_length=False), body)
     return Relayed(usage=find_usage(body) if reply.status < 400 else None)
 
 
 async def pump(down: Downstream, reply: Reply, model: str, sse: bool) -> Relayed:
-    """Copy the body chunk by chunk; on a backend failure end an SSE stream with an error event
-    (other bodies are cut off: the client sees an incomplete reply)."""
+    """Copy the body as it arrives. A backend failure in an SSE stream is returned (the caller
+    ends the stream with an error event); other bodies are cut off (:class:`BrokenReply`)."""
     tail = Tail()
     try:
-        async for chunk in reply.aiter_raw():
-            await down.send(chunk)
-            tail.add(chunk)
+        await down.relay_body(reply, tail)
     except UpstreamError as exc:
         error = classify(model, exc)
         if sse:
-            await down.end(error.sse_event())
             return Relayed(broken=error, backend_failed=exc.backend_failed)
         raise BrokenReply(error, exc.backend_failed) from exc
     await down.end()

@@ -7,7 +7,9 @@ requests the proxy ran at ~10 % of direct throughput. This client does only what
 (loopback, plain HTTP/1.1, one request per connection at a time) for tens of microseconds:
 
 - one ``transport.write`` for head and body; the response body is handed over as the chunks
-  arrive (de-chunked, never content-decoded), with read back-pressure past 1 MiB buffered;
+  arrive (de-chunked, never content-decoded), with read back-pressure past 1 MiB buffered, or,
+  with :meth:`Reply.forward`, written on from the connection's own callback as each chunk is
+  parsed (no task wake-up per chunk; back-pressure from the sink);
 - idle connections are dropped from the pool the moment the backend closes them (no polling);
   a request that finds its reused connection closed before any reply byte is retried once on a
   fresh connection, if its body can be replayed;
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -29,6 +31,8 @@ import httptools
 ErrorKind = Literal[
     "connect", "connect_timeout", "read_timeout", "write_timeout", "closed", "protocol"
 ]
+
+Sink = Callable[[bytes], bool]  # takes a body chunk; False: pause reading until resume()
 
 _PAUSE_AT = 1024 * 1024  # buffered reply bytes that pause reading from the backend
 _RESUME_AT = 256 * 1024
@@ -63,6 +67,9 @@ class Reply:
         "_conn",
         "_done",
         "_error",
+        "_fed",
+        "_sink",
+        "_sink_paused",
         "_waiter",
         "content_encoding",
         "content_length",
@@ -85,6 +92,9 @@ class Reply:
         self._done = False
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Sink | None = None  # set while :meth:`forward` runs
+        self._sink_paused = False
+        self._fed = False  # a chunk went to the sink since the last read-timeout check
 
     # --- fed by the connection ---------------------------------------------------------------
 
@@ -94,6 +104,13 @@ class Reply:
             waiter.set_result(None)
 
     def _feed(self, chunk: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            self._fed = True
+            if not sink(chunk):
+                self._sink_paused = True
+                self._conn.pause_reading()
+            return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         if self._buffered > _PAUSE_AT:
@@ -109,13 +126,21 @@ class Reply:
             self._error = error
             self._wake()
 
+    @property
+    def ready(self) -> bool:
+        """Body bytes (or its end, or a failure) are at hand: reading would not wait."""
+        return bool(self._chunks) or self._done or self._error is not None
+
     # --- read by the proxy ---------------------------------------------------------------------
 
     async def _wait(self, timeout: float | None) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 await self._waiter
+            else:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
         except TimeoutError:
             raise UpstreamError("read_timeout", f"no reply bytes for {timeout} s") from None
         finally:
@@ -143,8 +168,60 @@ class Reply:
                 await self._wait(read_timeout)
 
     async def aread(self) -> bytes:
-        parts = [chunk async for chunk in self.aiter_raw()]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        """The whole body."""
+        parts: list[bytes] = []
+        chunks = self._chunks
+        while True:
+            if chunks:
+                parts.extend(chunks)
+                chunks.clear()
+                self._buffered = 0
+                self._conn.resume_reading()
+            elif self._error is not None:
+                raise self._error
+            elif self._done:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            else:
+                await self._wait(self._conn.timeouts.read)
+
+    async def forward(self, sink: Sink) -> None:
+        """Hand each body chunk to ``sink`` as it arrives, from the connection's own callback:
+        no task wake-up and no await per chunk. ``sink`` returns ``False`` when it can take no
+        more for now (a slow client); reading from the backend then pauses until
+        :meth:`resume`. Returns at the end of the body; raises :class:`UpstreamError` when the
+        backend breaks or stays silent past the read timeout."""
+        chunks = self._chunks
+        while chunks:  # what arrived before forwarding began
+            chunk = chunks.popleft()
+            self._buffered -= len(chunk)
+            if not sink(chunk):
+                self._sink_paused = True
+        if self._sink_paused:
+            self._conn.pause_reading()
+        else:
+            self._conn.resume_reading()
+        read_timeout = self._conn.timeouts.read
+        self._sink = sink
+        try:
+            while not self._done and self._error is None:
+                self._fed = False
+                try:
+                    await self._wait(read_timeout)
+                except UpstreamError:
+                    if self._fed or self._sink_paused:
+                        continue  # not silent: chunks flowed, or we held the backend back
+                    raise
+        finally:
+            self._sink = None
+        if self._error is not None:
+            raise self._error
+
+    def resume(self) -> None:
+        """The sink of :meth:`forward` can take chunks again."""
+        if self._sink_paused:
+            self._sink_paused = False
+            if self._conn is not None:
+                self._conn.resume_reading()
 
     def close(self) -> None:
         """Release the connection: back to the pool if the reply is complete and reusable,
@@ -308,7 +385,7 @@ class UpstreamPool:
         self.endpoint = endpoint
         self.host = parts.hostname
         self.port = parts.port or 80
-        self._host_header = parts.netloc.encode()
+        self._host_line = b" HTTP/1.1\r\nhost: %s\r\n" % parts.netloc.encode()
         self.timeouts = timeouts or Timeouts()
         self.max_idle = max_idle
         self.idle_expiry = idle_expiry
@@ -405,11 +482,9 @@ class UpstreamPool:
         conn.received = False
         conn.head_only = method == "HEAD"
         conn.head_waiter = asyncio.get_running_loop().create_future()
-        lines = [
-            b"%s %s HTTP/1.1\r\nhost: %s\r\n"
-            % (method.encode(), target.encode(), self._host_header)
-        ]
-        lines.extend(b"%s: %s\r\n" % pair for pair in headers)
+        lines = [method.encode(), b" ", target.encode("latin-1"), self._host_line]
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
         try:
             if conn.closed:
                 raise UpstreamError("closed", "backend closed the connection")
@@ -452,8 +527,11 @@ class UpstreamPool:
         assert waiter is not None
         timeout = self.timeouts.read
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 await waiter
+            else:
+                async with asyncio.timeout(timeout):
+                    await waiter
         except TimeoutError:
             raise UpstreamError("read_timeout", f"no reply within {timeout} s") from None
         if reply.status == 0:  # woken by a failure, not by the reply's head

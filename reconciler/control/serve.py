@@ -27,6 +27,7 @@ from litestar import Litestar
 from proxy.app import create_app
 from proxy.gateway import ApiKey
 from proxy.logsetup import setup_logging
+from proxy.server import http_protocol, settle_gc
 from proxy.settings import ProxySettings
 from reconciler.gpus.inventory import GpuCollector
 from reconciler.manifests.schema import ProxySpec
@@ -98,6 +99,7 @@ async def serve(
     @contextlib.asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         await service.start()
+        settle_gc()  # what exists now lives as long as the process: out of the GC's way
         log.info("modelplane serving on http://%s:%d (manifests: %s)", host, port, directory)
         try:
             yield
@@ -114,7 +116,7 @@ async def serve(
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=int(grace),
-        http="httptools" if _has("httptools") else "h11",
+        http=http_protocol(app),  # the proxy's own HTTP/1.1 connections (the fast path)
     )
     server = _Server(config)
     url = run_record.connect_url(host, port)

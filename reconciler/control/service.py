@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
 from typing import Any
 
 from proxy.gateway import PRIORITIES, ApiKey, ModelRoute, Refused, RequestRecord, Unavailable
@@ -473,7 +472,7 @@ class Service:
         records, self._records = self._records, []
         store = self.controller.store
         if records:
-            await store.add_requests(asdict(r) for r in records)
+            await store.add_request_rows(records)  # RequestRecords are rows already
         used = self.activity.take_dirty()
         if used:
             await store.set_last_used(used)

@@ -18,14 +18,35 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
+import msgspec
 
 from reconciler.manifests.manifest_set import Key, StoredDocument
+
+# The request log's columns, in the order of proxy.gateway.RequestRecord's fields.
+REQUEST_COLUMNS = (
+    "time",
+    "client",
+    "model",
+    "path",
+    "status",
+    "latency",
+    "ttft",
+    "prompt_tokens",
+    "completion_tokens",
+)
+# A batch of rows as one JSON array of arrays: one statement, one step in SQLite.
+_INSERT_REQUESTS = (
+    f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(REQUEST_COLUMNS)))
+    + " FROM json_each(?)"
+)
+_rows_encoder = msgspec.json.Encoder()
 
 MIGRATIONS: list[str] = [
     # 1: the foundation
@@ -490,30 +511,19 @@ class Store:
 
     @_notes_corruption
     async def add_requests(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        columns = (
-            "time",
-            "client",
-            "model",
-            "path",
-            "status",
-            "latency",
-            "ttft",
-            "prompt_tokens",
-            "completion_tokens",
-        )
-        values = [tuple(r.get(c) for c in columns) for r in rows]
-        if not values:
-            return
-        await self.db.execute("BEGIN")
-        try:
-            await self.db.executemany(
-                f"INSERT INTO requests ({', '.join(columns)}) VALUES ({', '.join('?' * 9)})",
-                values,
-            )
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
+        """Rows as mappings of column names (missing columns are NULL)."""
+        await self.add_request_rows([tuple(r.get(c) for c in REQUEST_COLUMNS) for r in rows])
+
+    async def add_request_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Rows as tuples in :data:`REQUEST_COLUMNS` order (``proxy.gateway.RequestRecord``
+        is one), thousands a second under load.
+
+        They go to SQLite as one JSON array in one statement (one transaction): SQLite inserts
+        them all in a single step, during which the writer thread does not hold the GIL. With
+        ``executemany`` it took the GIL back for every row, and each time the event loop serving
+        requests had to hand it over: that cost the proxy a sixth of its throughput."""
+        if rows:
+            await self.db.execute(_INSERT_REQUESTS, (_rows_encoder.encode(rows),))
 
     @_notes_corruption
     async def request_count(self, model: str | None = None) -> int:

@@ -178,13 +178,18 @@ class FakeGateway:
         return chosen[-limit:]
 
     async def follow_events(self) -> AsyncIterator[dict[str, Any]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._subscribers.append(queue)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._subscribers.append(queue)  # type: ignore[arg-type]
         try:
-            while True:
-                yield await queue.get()
+            while (event := await queue.get()) is not None:
+                yield event
         finally:
-            self._subscribers.remove(queue)
+            self._subscribers.remove(queue)  # type: ignore[arg-type]
+
+    def end_followers(self) -> None:
+        """End every follow stream (as the real gateway does when modelplane stops)."""
+        for queue in self._subscribers:
+            queue.put_nowait(None)  # type: ignore[arg-type]
 
     @property
     def followers(self) -> int:
