@@ -118,15 +118,16 @@ class Downstream:
     async def respond_json(self, status: int, body: bytes) -> None:
         await self.respond(status, [(b"content-type", b"application/json")], body)
 
-    async def fail(self, error: ProxyError) -> None:
+    async def fail(self, error: ProxyError, unfinished: bytes = b"") -> None:
         """Answer with an error: as an HTTP error before the response started, as an SSE error
-        event (then the end of the stream) after."""
+        event (then the end of the stream) after; ``unfinished`` first ends an event the
+        backend left half-sent."""
         if self.finished or self.disconnected:
             return
         if not self.started:
             await self.respond(error.status, error.headers(), error.body())
         else:
-            await self.end(error.sse_event())
+            await self.end(unfinished + error.sse_event())
 
     async def relay_body(self, reply: Reply, tail: Tail) -> None:
         """Copy ``reply``'s body to the client as it arrives (``tail`` keeps its end, for the

@@ -91,7 +91,11 @@ def response_headers(
 
 def classify(model: str, exc: UpstreamError) -> ProxyError:
     """The error answer for a failed exchange with a backend."""
-    if exc.kind in ("connect_timeout", "read_timeout", "write_timeout"):
+    if exc.kind == "head_timeout":
+        return errors.request_timeout(model, exc.seconds or 0.0)
+    if exc.kind == "read_timeout":
+        return errors.idle_timeout(model, exc.seconds or 0.0)
+    if exc.kind in ("connect_timeout", "write_timeout"):
         return errors.backend_timeout(model, str(exc))
     return errors.backend_error(model, str(exc))
 
@@ -107,11 +111,7 @@ class BackendPool:
         self._pools: dict[str, UpstreamPool] = {}
         self._active: dict[str, int] = {}
         self._live_endpoints = live_endpoints
-        self._timeouts = Timeouts(
-            connect=settings.connect_timeout,
-            read=settings.read_timeout,
-            write=settings.write_timeout,
-        )
+        self._timeouts = Timeouts(connect=settings.connect_timeout, write=settings.write_timeout)
         self._max_idle = settings.keepalive_connections
         self._idle_expiry = settings.keepalive_expiry
 
@@ -155,6 +155,7 @@ class Relayed:
     usage: Usage | None = None
     broken: ProxyError | None = None  # the backend failed mid-body: not answered yet
     backend_failed: bool = False
+    unfinished: bytes = b""  # what ends a half-sent event before an error event follows
 
 
 def _is_json(content_type: bytes) -> bool:
@@ -197,7 +198,9 @@ async def pump(down: Downstream, reply: Reply, model: str, sse: bool) -> Relayed
     except UpstreamError as exc:
         error = classify(model, exc)
         if sse:
-            return Relayed(broken=error, backend_failed=exc.backend_failed)
+            return Relayed(
+                broken=error, backend_failed=exc.backend_failed, unfinished=tail.event_end()
+            )
         raise BrokenReply(error, exc.backend_failed) from exc
     await down.end()
     return Relayed(usage=find_usage(tail.bytes()) if sse else None)

@@ -46,6 +46,8 @@ class ModelRoute:
     priority: int = PRIORITIES["normal"]
     max_concurrency: int = 8
     startup_timeout: float = 600.0
+    request_timeout: float | None = None  # seconds to the first byte of an answer; then 504
+    idle_timeout: float | None = None  # longest silence within an answer; then 504 / an event
     endpoint: str | None = None  # "http://127.0.0.1:PORT" while Ready
     created: int = 0  # unix time, for /v1/models
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -120,6 +122,11 @@ class Gateway(Protocol):
 
     def backend_failed(self, model: str, reason: str) -> None:
         """The backend broke during a request (connection refused, died mid-stream)."""
+        ...
+
+    def request_timed_out(self, model: str, message: str) -> None:
+        """A request gave up on a slow backend (``requestTimeout``/``idleTimeout``): slow is
+        not broken, the model keeps serving; the operator hears of it."""
         ...
 
     def record_request(self, record: RequestRecord) -> None:

@@ -235,7 +235,7 @@ class OpenAIRoutes:
         self.gateway.begin_request(route.name)  # no slot: UIs load many small files at once
         try:
             endpoint = await self._recheck(down, route.name, endpoint)
-            await self._forward(down, ex, route.name, endpoint, outgoing)
+            await self._forward(down, ex, route, endpoint, outgoing)
         finally:
             self.gateway.end_request(route.name)
 
@@ -287,7 +287,7 @@ class OpenAIRoutes:
         try:
             if waited:
                 endpoint = await self._recheck(down, name, endpoint)
-            await self._forward(down, ex, name, endpoint, outgoing)
+            await self._forward(down, ex, route, endpoint, outgoing)
         finally:
             self.gateway.end_request(name)
             queue.release(limit, time.perf_counter() - slot_start)
@@ -370,21 +370,30 @@ class OpenAIRoutes:
         self,
         down: Downstream,
         ex: Exchange,
-        name: str,
+        route: ModelRoute,
         endpoint: str,
         out: Outgoing,
     ) -> None:
+        name = route.name
         pools = self.core.pool
         upstream = pools.acquire(endpoint)
         try:
             try:
                 reply = await upstream.request(
-                    ex.method, out.target, out.headers, out.content, out.content_length
+                    ex.method,
+                    out.target,
+                    out.headers,
+                    out.content,
+                    out.content_length,
+                    route.request_timeout,
+                    route.idle_timeout,
                 )
             except UpstreamError as exc:
                 error = classify(name, exc)
                 if exc.backend_failed:
                     self._backend_failed(name, error.message)
+                elif error.code == "timeout":
+                    self._timed_out(name, error.message)
                 raise error from None
             try:
                 ex.streamed = is_sse(reply)
@@ -395,6 +404,8 @@ class OpenAIRoutes:
             except BrokenReply as broken:
                 if broken.backend_failed:
                     self._backend_failed(name, broken.error.message)
+                elif broken.error.code == "timeout":
+                    self._timed_out(name, broken.error.message)
                 raise
             finally:
                 reply.close()
@@ -405,7 +416,10 @@ class OpenAIRoutes:
             ex.status = relayed.broken.status
             if relayed.backend_failed:  # recorded before the client hears of it
                 self._backend_failed(name, relayed.broken.message)
-            await down.fail(relayed.broken)  # an error answer, or an error event in a stream
+            elif relayed.broken.code == "timeout":
+                self._timed_out(name, relayed.broken.message)
+            # an error answer, or an error event in a stream
+            await down.fail(relayed.broken, relayed.unfinished)
 
     async def _into_open_stream(
         self, down: Downstream, reply: Reply, name: str, ex: Exchange
@@ -432,6 +446,13 @@ class OpenAIRoutes:
         if route is None or not access.may_reach(route):
             raise errors.model_not_found(model)
         return route
+
+    def _timed_out(self, name: str, message: str) -> None:
+        log.warning("%s", message)
+        try:
+            self.gateway.request_timed_out(name, message)
+        except Exception:
+            log.exception("gateway.request_timed_out(%s) raised", name)
 
     def _backend_failed(self, name: str, reason: str) -> None:
         self.core.metrics.backend_failures.labels(name).inc()

@@ -29,7 +29,13 @@ from urllib.parse import urlsplit
 import httptools
 
 ErrorKind = Literal[
-    "connect", "connect_timeout", "read_timeout", "write_timeout", "closed", "protocol"
+    "connect",
+    "connect_timeout",
+    "head_timeout",  # no reply head within the request's head timeout (requestTimeout)
+    "read_timeout",  # no body bytes for the request's read timeout (idleTimeout)
+    "write_timeout",
+    "closed",
+    "protocol",
 ]
 
 Sink = Callable[[bytes], bool]  # takes a body chunk; False: pause reading until resume()
@@ -41,20 +47,26 @@ _RESUME_AT = 256 * 1024
 class UpstreamError(Exception):
     """The backend could not be reached or broke the exchange."""
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str, seconds: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.seconds = seconds  # the limit that ran out, for a timeout
 
     @property
     def backend_failed(self) -> bool:
-        """Refused, dropped or garbled means broken; slow (read/write timeout) does not."""
-        return self.kind not in ("read_timeout", "write_timeout")
+        """Refused, dropped or garbled means broken; slow (a timeout past connecting) does not."""
+        return self.kind not in _SLOW
+
+
+_SLOW = frozenset({"head_timeout", "read_timeout", "write_timeout"})
 
 
 @dataclass(frozen=True)
 class Timeouts:
+    """The pool's own limits. The limits on the answer (first byte, silence between chunks)
+    belong to each request: see :meth:`UpstreamPool.request`."""
+
     connect: float | None = 10.0
-    read: float | None = None  # longest silence while waiting for reply bytes
     write: float | None = 60.0  # longest wait for the backend to accept request bytes
 
 
@@ -142,14 +154,16 @@ class Reply:
                 async with asyncio.timeout(timeout):
                     await self._waiter
         except TimeoutError:
-            raise UpstreamError("read_timeout", f"no reply bytes for {timeout} s") from None
+            raise UpstreamError(
+                "read_timeout", f"no reply bytes for {timeout:g} s", timeout
+            ) from None
         finally:
             self._waiter = None
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive (transfer-decoded, not content-decoded)."""
         chunks = self._chunks
-        read_timeout = self._conn.timeouts.read
+        read_timeout = self._conn.read_timeout
         while True:
             if chunks:
                 # Whatever has arrived goes on at once, as one piece: never waiting to batch,
@@ -182,7 +196,7 @@ class Reply:
             elif self._done:
                 return parts[0] if len(parts) == 1 else b"".join(parts)
             else:
-                await self._wait(self._conn.timeouts.read)
+                await self._wait(self._conn.read_timeout)
 
     async def forward(self, sink: Sink) -> None:
         """Hand each body chunk to ``sink`` as it arrives, from the connection's own callback:
@@ -200,7 +214,7 @@ class Reply:
             self._conn.pause_reading()
         else:
             self._conn.resume_reading()
-        read_timeout = self._conn.timeouts.read
+        read_timeout = self._conn.read_timeout
         self._sink = sink
         try:
             while not self._done and self._error is None:
@@ -237,6 +251,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.timeouts = pool.timeouts
+        self.read_timeout: float | None = None  # the current request's longest silence
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.reply: Reply | None = None
@@ -448,25 +463,35 @@ class UpstreamPool:
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterable[bytes],
         content_length: int | None = None,
+        head_timeout: float | None = None,
+        read_timeout: float | None = None,
     ) -> Reply:
         """Send a request; returns once the reply's head has arrived.
 
         ``headers`` must not hold Host, Content-Length or Transfer-Encoding: they are set here
         (``content_length`` for a streamed ``body``; without it the body is sent chunked).
+        ``head_timeout`` bounds the wait for the reply's head once the request is sent,
+        ``read_timeout`` each silence in its body (``None``: no bound).
         """
         replayable = isinstance(body, bytes)
         conn = self._take_idle()
         if conn is None:
             conn = await self._connect()
         try:
-            return await self._exchange(conn, method, target, headers, body, content_length)
+            conn.read_timeout = read_timeout
+            return await self._exchange(
+                conn, method, target, headers, body, content_length, head_timeout
+            )
         except UpstreamError as exc:
             # The backend closed a kept-alive connection just as we reused it: nothing of the
             # request was processed, so one retry on a fresh connection is safe.
             if not (conn.reused and not conn.received and replayable and exc.kind == "closed"):
                 raise
         conn = await self._connect()
-        return await self._exchange(conn, method, target, headers, body, content_length)
+        conn.read_timeout = read_timeout
+        return await self._exchange(
+            conn, method, target, headers, body, content_length, head_timeout
+        )
 
     async def _exchange(
         self,
@@ -476,6 +501,7 @@ class UpstreamPool:
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterable[bytes],
         content_length: int | None,
+        head_timeout: float | None,
     ) -> Reply:
         reply = Reply(conn)
         conn.reply = reply
@@ -514,7 +540,7 @@ class UpstreamPool:
                     await conn.drain()
                 if chunked and not conn.closed:
                     transport.write(b"0\r\n\r\n")
-            await self._wait_head(conn, reply)
+            await self._wait_head(conn, reply, head_timeout)
         except BaseException:
             conn.reply = None
             conn.head_waiter = None
@@ -522,10 +548,9 @@ class UpstreamPool:
             raise
         return reply
 
-    async def _wait_head(self, conn: _Connection, reply: Reply) -> None:
+    async def _wait_head(self, conn: _Connection, reply: Reply, timeout: float | None) -> None:
         waiter = conn.head_waiter
         assert waiter is not None
-        timeout = self.timeouts.read
         try:
             if timeout is None:
                 await waiter
@@ -533,7 +558,7 @@ class UpstreamPool:
                 async with asyncio.timeout(timeout):
                     await waiter
         except TimeoutError:
-            raise UpstreamError("read_timeout", f"no reply within {timeout} s") from None
+            raise UpstreamError("head_timeout", f"no reply within {timeout:g} s", timeout) from None
         if reply.status == 0:  # woken by a failure, not by the reply's head
             raise reply._error or UpstreamError("closed", "backend closed the connection")
 

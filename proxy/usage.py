@@ -91,3 +91,11 @@ class Tail:
 
     def bytes(self) -> bytes:
         return b"".join(self._chunks)
+
+    def event_end(self) -> bytes:
+        """What ends the stream's last server-sent event if it stopped in the middle of one
+        (a backend that died mid-write): an event after it must not be glued to its half."""
+        end = self.bytes()[-4:]
+        if not end or end.endswith((b"\n\n", b"\r\n\r\n")):
+            return b""
+        return b"\n" if end.endswith(b"\n") else b"\n\n"

@@ -183,6 +183,8 @@ class Service:
                 priority=PRIORITIES[model.spec.priority],
                 max_concurrency=model.spec.max_concurrency,
                 startup_timeout=model.spec.startup_timeout,
+                request_timeout=model.spec.request_timeout or None,
+                idle_timeout=model.spec.idle_timeout or None,
                 endpoint=engine.ready.get(name),
                 created=self._created.setdefault(name, int(time.time())),
                 labels=dict(model.labels),
@@ -267,6 +269,11 @@ class Service:
         self.engine.backend_failed(model, reason)
         asyncio.get_running_loop().create_task(
             self.controller.store.add_event("BackendFailed", reason, model)
+        )
+
+    def request_timed_out(self, model: str, message: str) -> None:
+        asyncio.get_running_loop().create_task(
+            self.controller.store.add_event("Timeout", message, model)
         )
 
     def record_request(self, record: RequestRecord) -> None:

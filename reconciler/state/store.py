@@ -514,6 +514,7 @@ class Store:
         """Rows as mappings of column names (missing columns are NULL)."""
         await self.add_request_rows([tuple(r.get(c) for c in REQUEST_COLUMNS) for r in rows])
 
+    @_notes_corruption
     async def add_request_rows(self, rows: Sequence[Sequence[Any]]) -> None:
         """Rows as tuples in :data:`REQUEST_COLUMNS` order (``proxy.gateway.RequestRecord``
         is one), thousands a second under load.

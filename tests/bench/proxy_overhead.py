@@ -88,6 +88,9 @@ class StaticGateway:
     def backend_failed(self, model: str, reason: str) -> None:
         print(f"backend failed: {reason}", file=sys.stderr)
 
+    def request_timed_out(self, model: str, message: str) -> None:
+        print(f"timed out: {message}", file=sys.stderr)
+
     def record_request(self, record: Any) -> None:
         self.records.append(record)
 

@@ -46,6 +46,7 @@ class FakeGateway:
         self.in_flight: Counter[str] = Counter()
         self.unbalanced: list[str] = []  # end_request without a begin_request
         self.failures: list[tuple[str, str]] = []
+        self.timeouts: list[tuple[str, str]] = []
         self.records: list[RequestRecord] = []
         self.ready: tuple[bool, str] = (True, "first pass done")
         self.event_log: list[dict[str, Any]] = []
@@ -147,6 +148,9 @@ class FakeGateway:
     def backend_failed(self, model: str, reason: str) -> None:
         self.failures.append((model, reason))
         self.failed[model] = reason
+
+    def request_timed_out(self, model: str, message: str) -> None:
+        self.timeouts.append((model, message))
 
     def record_request(self, record: RequestRecord) -> None:
         self.records.append(record)

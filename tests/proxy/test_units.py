@@ -213,8 +213,15 @@ def test_transport_errors_classified() -> None:
     refused = UpstreamError("connect", "cannot connect: refused")
     assert refused.backend_failed
     assert (classify("m", refused).status, classify("m", refused).code) == (502, "backend_error")
-    slow = UpstreamError("read_timeout", "no reply bytes for 5 s")
-    assert not slow.backend_failed and classify("m", slow).code == "backend_timeout"
+    silent = UpstreamError("read_timeout", "no reply bytes for 5 s", 5.0)
+    assert not silent.backend_failed
+    assert (classify("m", silent).status, classify("m", silent).code) == (504, "timeout")
+    assert "m sent nothing for 5s (idleTimeout)" in classify("m", silent).message
+    unanswered = UpstreamError("head_timeout", "no reply within 2.5 s", 2.5)
+    assert not unanswered.backend_failed
+    assert "m did not answer within 2.5s (requestTimeout)" in classify("m", unanswered).message
+    stuck = UpstreamError("write_timeout", "backend accepted no request bytes for 60 s")
+    assert not stuck.backend_failed and classify("m", stuck).code == "backend_timeout"
     died = UpstreamError("closed", "backend closed the connection")
     assert died.backend_failed and "closed the connection" in classify("m", died).message
 

@@ -263,7 +263,6 @@ def test_node_settings_that_need_a_restart_say_so(box: Box) -> None:
 # --- 8: a backend dying in the middle of an event ------------------------------------------------
 
 
-@pytest.mark.xfail(reason="waits for the proxy rewrite (Phase C)", strict=True)
 def test_a_backend_dying_mid_event_gets_a_whole_error_event(make_box: MakeBox) -> None:
     """The error event was glued to the half-written one: ``data: {"chodata: {"error": …}``."""
     crash = ("--crash-after", "1", "--crash-mid-stream", "--crash-mid-event")
@@ -286,7 +285,6 @@ def test_a_backend_dying_mid_event_gets_a_whole_error_event(make_box: MakeBox) -
 # --- requestTimeout and idleTimeout --------------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="waits for the proxy rewrite (Phase C)", strict=True)
 def test_a_backend_that_never_answers_gets_504_after_request_timeout(make_box: MakeBox) -> None:
     """The read timeout was None: a backend that accepts and never answers held its slots
     forever."""
@@ -314,7 +312,6 @@ def test_a_backend_that_never_answers_gets_504_after_request_timeout(make_box: M
     assert box.svc.model("pinned")["phase"] == "Ready"  # slow is not broken
 
 
-@pytest.mark.xfail(reason="waits for the proxy rewrite (Phase C)", strict=True)
 def test_a_stream_silent_for_longer_than_idle_timeout_ends_with_an_error(make_box: MakeBox) -> None:
     box = make_box(
         {
