@@ -1,7 +1,8 @@
 """modelplane proxy: one OpenAI endpoint in front of every model.
 
-``create_app(gateway, settings)`` builds the Litestar app; ``proxy.gateway`` is its contract with
-the reconciler.
+``create_app(gateway, settings)`` builds the Litestar app; serve it with uvicorn and
+``http=http_protocol(app)`` (the proxy's own HTTP/1.1 connections, :mod:`proxy.server`).
+``proxy.gateway`` is its contract with the reconciler.
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from proxy.app import create_app
+    from proxy.server import http_protocol
     from proxy.settings import ProxySettings
 
-__all__ = ["ProxySettings", "create_app"]
-_HOMES = {"create_app": "proxy.app", "ProxySettings": "proxy.settings"}
+__all__ = ["ProxySettings", "create_app", "http_protocol"]
+_HOMES = {
+    "create_app": "proxy.app",
+    "ProxySettings": "proxy.settings",
+    "http_protocol": "proxy.server",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,10 @@
-"""The Litestar application: the OpenAI surface, /upstream, probes, metrics, admin API."""
+"""The Litestar application: the OpenAI surface, /upstream, probes, metrics, admin API.
+
+Serve it with the proxy's own HTTP protocol (``uvicorn.Config(app, http=http_protocol(app))``,
+see :mod:`proxy.server`): the OpenAI routes then run without ASGI in between, and only the
+admin side goes through Litestar. Under any other ASGI server the same routes answer through
+the ``/v1`` and ``/upstream`` mounts below, more slowly.
+"""
 
 from __future__ import annotations
 
@@ -53,7 +59,8 @@ def create_app(
 ) -> Litestar:
     """The proxy for ``gateway``. ``lifespan``: context managers the app enters on startup and
     leaves on shutdown (``modelplane run`` runs its reconcile loop in one). The shared state is
-    at ``app.state.proxy`` (:class:`~proxy.core.ProxyCore`)."""
+    at ``app.state.proxy`` (:class:`~proxy.core.ProxyCore`), the OpenAI routes at
+    ``app.state.openai`` (for :func:`proxy.server.http_protocol`)."""
     core = ProxyCore.build(gateway, settings or ProxySettings())
     routes = OpenAIRoutes(core)
 
@@ -82,4 +89,5 @@ def create_app(
         debug=False,
     )
     app.state.proxy = core
+    app.state.openai = routes
     return app

@@ -9,7 +9,7 @@ form field is complete; only the bytes up to there are held, the rest is streame
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import msgspec
 import multipart
@@ -22,8 +22,7 @@ _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 
 
-@dataclass(frozen=True, slots=True)
-class ApiRequest:
+class ApiRequest(NamedTuple):
     """A parsed OpenAI request: whom it is for and what to forward."""
 
     model: str
@@ -65,8 +64,33 @@ def no_model_field() -> ProxyError:
     return bad_request("multipart body has no `model` form field", "missing_model", param="model")
 
 
+class _Fields(msgspec.Struct):
+    """The fields the proxy reads: msgspec checks the whole body is valid JSON but builds
+    nothing for the rest of it (the messages of a long prompt stay bytes)."""
+
+    model: Any = None
+    stream: Any = None
+
+
+_fields_decoder = msgspec.json.Decoder(_Fields)
+
+
 def parse_json_request(raw: bytes) -> ApiRequest:
-    """Decode the body once; strip top-level ``x_*`` fields (modelplane's, not the backend's)."""
+    """Read ``model`` and ``stream``; strip top-level ``x_*`` fields (modelplane's, not the
+    backend's), re-encoding the body only then."""
+    if b'"x_' in raw or b"\\u" in raw:  # maybe x_ fields (possibly spelt with escapes)
+        return _parse_whole(raw)
+    try:
+        fields = _fields_decoder.decode(raw)
+    except msgspec.ValidationError:  # not an object: say what it is
+        return _parse_whole(raw)
+    except msgspec.DecodeError:
+        return _parse_whole(raw)  # its message names the JSON error
+    return ApiRequest(check_model(fields.model), fields.stream is True, None, raw)
+
+
+def _parse_whole(raw: bytes) -> ApiRequest:
+    """Decode the whole body: for ``x_*`` fields, and for exact error messages."""
     if not raw.strip():
         raise bad_request(
             "request body is empty: expected a JSON object with a `model` field", "invalid_json"

@@ -157,5 +157,25 @@ def backend_timeout(model: str, reason: str) -> ProxyError:
     )
 
 
+def request_timeout(model: str, seconds: float) -> ProxyError:
+    """No answer within the model's ``requestTimeout`` (its first byte)."""
+    return ProxyError(
+        504,
+        f"{model} did not answer within {seconds:g}s (requestTimeout); the request was abandoned",
+        "server_error",
+        "timeout",
+    )
+
+
+def idle_timeout(model: str, seconds: float) -> ProxyError:
+    """An answer that went silent for longer than the model's ``idleTimeout``."""
+    return ProxyError(
+        504,
+        f"{model} sent nothing for {seconds:g}s (idleTimeout); the stream was ended",
+        "server_error",
+        "timeout",
+    )
+
+
 def internal_error(message: str) -> ProxyError:
     return ProxyError(500, message, "server_error", "internal_error")

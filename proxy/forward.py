@@ -72,21 +72,30 @@ def response_headers(
     raw: list[tuple[bytes, bytes]], keep_length: bool
 ) -> list[tuple[bytes, bytes]]:
     """The backend's reply headers for the client, names lower-cased for ASGI."""
-    listed = _connection_listed(raw)
     out = []
+    connection = None
     for name, value in raw:
         name = name.lower()
-        if name in _RESPONSE_DROP or name in listed:
-            if keep_length and name == b"content-length":
+        if name in _RESPONSE_DROP:
+            if name == b"connection":
+                connection = value
+            elif keep_length and name == b"content-length":
                 out.append((name, value))
             continue
         out.append((name, value))
+    if connection:
+        listed = _connection_listed([(b"connection", connection)])
+        out = [(name, value) for name, value in out if name not in listed]
     return out
 
 
 def classify(model: str, exc: UpstreamError) -> ProxyError:
     """The error answer for a failed exchange with a backend."""
-    if exc.kind in ("connect_timeout", "read_timeout", "write_timeout"):
+    if exc.kind == "head_timeout":
+        return errors.request_timeout(model, exc.seconds or 0.0)
+    if exc.kind == "read_timeout":
+        return errors.idle_timeout(model, exc.seconds or 0.0)
+    if exc.kind in ("connect_timeout", "write_timeout"):
         return errors.backend_timeout(model, str(exc))
     return errors.backend_error(model, str(exc))
 
@@ -102,11 +111,7 @@ class BackendPool:
         self._pools: dict[str, UpstreamPool] = {}
         self._active: dict[str, int] = {}
         self._live_endpoints = live_endpoints
-        self._timeouts = Timeouts(
-            connect=settings.connect_timeout,
-            read=settings.read_timeout,
-            write=settings.write_timeout,
-        )
+        self._timeouts = Timeouts(connect=settings.connect_timeout, write=settings.write_timeout)
         self._max_idle = settings.keepalive_connections
         self._idle_expiry = settings.keepalive_expiry
 
@@ -148,8 +153,9 @@ class Relayed:
     """What happened while relaying: for metrics, the request log and backend_failed."""
 
     usage: Usage | None = None
-    broken: ProxyError | None = None  # the backend failed mid-body
+    broken: ProxyError | None = None  # the backend failed mid-body: not answered yet
     backend_failed: bool = False
+    unfinished: bytes = b""  # what ends a half-sent event before an error event follows
 
 
 def _is_json(content_type: bytes) -> bool:
@@ -178,26 +184,23 @@ async def _relay_whole(down: Downstream, reply: Reply, model: str) -> Relayed:
     try:
         body = await reply.aread()
     except UpstreamError as exc:
-        error = classify(model, exc)
-        await down.fail(error)
-        return Relayed(broken=error, backend_failed=exc.backend_failed)
+        return Relayed(broken=classify(model, exc), backend_failed=exc.backend_failed)
     await down.respond(reply.status, response_headers(reply.headers, keep_length=False), body)
     return Relayed(usage=find_usage(body) if reply.status < 400 else None)
 
 
 async def pump(down: Downstream, reply: Reply, model: str, sse: bool) -> Relayed:
-    """Copy the body chunk by chunk; on a backend failure end an SSE stream with an error event
-    (other bodies are cut off: the client sees an incomplete reply)."""
+    """Copy the body as it arrives. A backend failure in an SSE stream is returned (the caller
+    ends the stream with an error event); other bodies are cut off (:class:`BrokenReply`)."""
     tail = Tail()
     try:
-        async for chunk in reply.aiter_raw():
-            await down.send(chunk)
-            tail.add(chunk)
+        await down.relay_body(reply, tail)
     except UpstreamError as exc:
         error = classify(model, exc)
         if sse:
-            await down.end(error.sse_event())
-            return Relayed(broken=error, backend_failed=exc.backend_failed)
+            return Relayed(
+                broken=error, backend_failed=exc.backend_failed, unfinished=tail.event_end()
+            )
         raise BrokenReply(error, exc.backend_failed) from exc
     await down.end()
     return Relayed(usage=find_usage(tail.bytes()) if sse else None)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, NamedTuple, Protocol, get_args
 
 #: The priority scale, highest first: a Model's ``spec.priority``, ``X-Priority``, eviction order.
 Priority = Literal["urgent", "high", "normal", "low", "batch"]
@@ -46,6 +46,8 @@ class ModelRoute:
     priority: int = PRIORITIES["normal"]
     max_concurrency: int = 8
     startup_timeout: float = 600.0
+    request_timeout: float | None = None  # seconds to the first byte of an answer; then 504
+    idle_timeout: float | None = None  # longest silence within an answer; then 504 / an event
     endpoint: str | None = None  # "http://127.0.0.1:PORT" while Ready
     created: int = 0  # unix time, for /v1/models
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -62,9 +64,9 @@ class ApiKey:
     models: tuple[str, ...] = ("*",)
 
 
-@dataclass(frozen=True)
-class RequestRecord:
-    """One row of the request log."""
+class RequestRecord(NamedTuple):
+    """One row of the request log, fields in the order of the log's columns. A plain tuple:
+    thousands are made per second, and the gateway writes them to SQLite as they are."""
 
     time: float
     client: str
@@ -128,8 +130,14 @@ class Gateway(Protocol):
         """The backend broke during a request (connection refused, died mid-stream)."""
         ...
 
+    def request_timed_out(self, model: str, message: str) -> None:
+        """A request gave up on a slow backend (``requestTimeout``/``idleTimeout``): slow is
+        not broken, the model keeps serving; the operator hears of it."""
+        ...
+
     def record_request(self, record: RequestRecord) -> None:
-        """Append to the request log (must not block; the gateway batches writes)."""
+        """Append to the request log (called once per request on the hot path: must not block
+        or do more than keep the record; the gateway writes them in batches)."""
         ...
 
     def api_keys(self) -> list[ApiKey]:

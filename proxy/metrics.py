@@ -1,8 +1,9 @@
 """Prometheus metrics of one app, in the app's own registry (tests create many apps).
 
-Counters and histograms are updated once per request, after it finished. Gauges that describe
-current state (queue depth, in flight, model phase) are read at scrape time by a collector,
-so requests pay nothing for them.
+The per-request figures (requests, latency, time to first token, tokens) are plain tallies
+updated once per request, after it finished (:mod:`proxy.tallies`); rare events (cold starts,
+failures) are prometheus_client counters. Gauges that describe current state (queue depth, in
+flight, model phase) are read at scrape time by a collector, so requests pay nothing for them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prometheus_client.registry import Collector
 
 from proxy.gateway import ModelRoute, Phase
 from proxy.queueing import QueueStats
+from proxy.tallies import RequestTallies
 from proxy.usage import Usage
 
 PHASES = tuple(Phase)
@@ -69,39 +71,6 @@ class ProxyMetrics:
         queues: Callable[[], Mapping[str, QueueStats]],
     ) -> None:
         self.registry = registry = CollectorRegistry()
-        self.requests = Counter(
-            "modelplane_requests",
-            "OpenAI requests by model and HTTP status (499: the client went away; 502: the "
-            "backend failed, also mid-stream)",
-            ["model", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "modelplane_request_duration_seconds",
-            "Time from request to the last byte of the reply",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.ttft = Histogram(
-            "modelplane_time_to_first_token_seconds",
-            "Time from request to the first byte of a streamed reply's body",
-            ["model"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.tokens = Counter(
-            "modelplane_tokens",
-            "Tokens reported in replies' usage",
-            ["model", "kind"],
-            registry=registry,
-        )
-        self.upstream_requests = Counter(
-            "modelplane_upstream_requests",
-            "Requests passed through /upstream/{model}/ by model and HTTP status",
-            ["model", "status"],
-            registry=registry,
-        )
         self.cold_starts = Counter(
             "modelplane_cold_starts",
             "Wakes that had to wait for a model to become ready",
@@ -128,24 +97,18 @@ class ProxyMetrics:
             registry=registry,
         )
         registry.register(_StateCollector(routes, queues))
+        self.tallies = RequestTallies(LATENCY_BUCKETS)
+        registry.register(self.tallies)
 
     def observe(
-        self,
-        model: str,
-        status: int,
-        latency: float,
-        ttft: float | None,
-        usage: Usage | None,
+        self, model: str, status: int, latency: float, ttft: float | None, usage: Usage | None
     ) -> None:
-        self.requests.labels(model, str(status)).inc()
-        self.latency.labels(model).observe(latency)
-        if ttft is not None:
-            self.ttft.labels(model).observe(ttft)
-        if usage is not None:
-            if usage.prompt_tokens:
-                self.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
-            if usage.completion_tokens:
-                self.tokens.labels(model, "completion").inc(usage.completion_tokens)
+        """Once per OpenAI request, when it is over."""
+        self.tallies.observe(model, status, latency, ttft, usage)
+
+    def upstream_request(self, model: str, status: int) -> None:
+        """Once per ``/upstream/`` request, when it is over."""
+        self.tallies.upstream(model, status)
 
     def cold_start(self, model: str, seconds: float) -> None:
         self.cold_starts.labels(model).inc()

@@ -1,14 +1,16 @@
 """The OpenAI surface (``/v1/...``) and the ``/upstream/{model}/...`` passthrough.
 
-Both are raw ASGI handlers mounted in the Litestar app: the hot path reads the body once, looks
-the model up, takes a queue slot and streams the backend's reply back, without Litestar's
-per-request Request/Response machinery. A request goes through:
+The handlers take a :class:`~proxy.channel.Downstream`: the proxy's own HTTP connections
+(:mod:`proxy.server`) call :meth:`OpenAIRoutes.serve_v1` / :meth:`OpenAIRoutes.serve_upstream`
+directly; :meth:`OpenAIRoutes.v1` / :meth:`OpenAIRoutes.upstream` are the same as ASGI handlers,
+mounted in the Litestar app for other servers. A request goes through:
 
 1. authentication (``Authorization: Bearer``, when keys are configured);
-2. the body: JSON decoded once, or multipart scanned up to its ``model`` field;
+2. the body: JSON read once, or multipart scanned up to its ``model`` field;
 3. the route (404 for unknown models and for models the key may not reach);
 4. wake, when the model is not Ready (streams get ``: loading`` comments meanwhile);
-5. a slot in the model's priority queue (429 when full, 503 after the wait bound);
+5. a slot in the model's priority queue (429 when full, 503 after the wait bound); a Ready model
+   with a free slot and nobody waiting takes it without awaiting anything;
 6. ``gateway.begin_request`` → forward → relay the reply → ``gateway.end_request``;
 7. metrics, the request log record and one access-log line.
 """
@@ -28,24 +30,15 @@ from litestar.types import Receive, Scope, Send
 from proxy import errors
 from proxy.auth import Access, authenticate
 from proxy.body import MultipartModelFinder, multipart_boundary, no_model_field, parse_json_request
-from proxy.channel import ClientGone, Downstream
+from proxy.channel import AsgiDownstream, ClientGone, Downstream
 from proxy.core import ProxyCore
 from proxy.errors import ProxyError
 from proxy.forward import BrokenReply, Relayed, classify, is_sse, pump, relay, request_headers
 from proxy.gateway import ModelRoute, Phase, Unavailable
 from proxy.hints import ClientHints
 from proxy.loading import progress_text, reasoning_event
-from proxy.queueing import QueueFull, QueueTimeout, queue_json, resolve_priority
-from proxy.request import (
-    DISCONNECTED,
-    Exchange,
-    Outgoing,
-    client_address,
-    finish,
-    pick_headers,
-    raw_path,
-    target,
-)
+from proxy.queueing import ModelQueue, QueueFull, QueueTimeout, queue_json, resolve_priority
+from proxy.request import DISCONNECTED, Exchange, Outgoing, finish, pick_headers, target
 from proxy.upstream import Reply, UpstreamError
 
 log = logging.getLogger("modelplane.proxy")
@@ -83,41 +76,52 @@ class OpenAIRoutes:
 
     # --- entry points -------------------------------------------------------------------------
 
-    async def v1(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def serve_v1(self, down: Downstream) -> None:
         """Everything under ``/v1``."""
+        path = down.raw_path
+        method = down.method
+        if method == "POST":
+            await self._handle(down, upstream=False)
+            return
+        try:
+            if method in ("GET", "HEAD") and path in (b"/v1/queue", b"/v1/queue/"):
+                await self._queue(down)
+            elif method in ("GET", "HEAD") and (path in (b"/v1/models", b"/v1/models/")):
+                await self._models(down, None)
+            elif method in ("GET", "HEAD") and path.startswith(b"/v1/models/"):
+                name = unquote(path[len(b"/v1/models/") :].decode("utf-8", "replace"))
+                await self._models(down, name)
+            else:
+                error = errors.method_not_allowed(
+                    method, path.decode("latin-1"), "POST (or GET /v1/models)"
+                )
+                await down.fail(error)
+        finally:
+            down.close()
+
+    async def serve_upstream(self, down: Downstream) -> None:
+        """``/upstream/{model}/{path}``: any method, passed through to the model's backend."""
+        await self._handle(down, upstream=True)
+
+    async def v1(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """:meth:`serve_v1` for ASGI servers (``modelplane run`` uses :mod:`proxy.server`)."""
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1003})
             return
-        path = raw_path(scope)
-        method = scope["method"]
-        if method == "POST":
-            await self._handle(scope, receive, send, path, upstream=False)
-        elif method in ("GET", "HEAD") and path in (b"/v1/queue", b"/v1/queue/"):
-            await self._queue(scope, send)
-        elif method in ("GET", "HEAD") and (path in (b"/v1/models", b"/v1/models/")):
-            await self._models(scope, send, None)
-        elif method in ("GET", "HEAD") and path.startswith(b"/v1/models/"):
-            name = unquote(path[len(b"/v1/models/") :].decode("utf-8", "replace"))
-            await self._models(scope, send, name)
-        else:
-            error = errors.method_not_allowed(
-                method, path.decode("latin-1"), "POST (or GET /v1/models)"
-            )
-            await Downstream(receive, send).fail(error)
+        await self.serve_v1(AsgiDownstream(scope, receive, send))
 
     async def upstream(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """``/upstream/{model}/{path}``: any method, passed through to the model's backend."""
+        """:meth:`serve_upstream` for ASGI servers."""
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1003})
             return
-        await self._handle(scope, receive, send, raw_path(scope), upstream=True)
+        await self.serve_upstream(AsgiDownstream(scope, receive, send))
 
     # --- /v1/models ---------------------------------------------------------------------------
 
-    async def _models(self, scope: Scope, send: Send, model: str | None) -> None:
-        down = Downstream(_no_receive, send)
+    async def _models(self, down: Downstream, model: str | None) -> None:
         try:
-            access = self._authenticate(scope)
+            access = self._authenticate_with(pick_headers(down.headers).authorization)
             if model is None:
                 data = []
                 for route in self.gateway.routes():
@@ -134,12 +138,11 @@ class OpenAIRoutes:
             return
         await down.respond_json(200, msgspec.json.encode(body))
 
-    async def _queue(self, scope: Scope, send: Send) -> None:
+    async def _queue(self, down: Downstream) -> None:
         """``GET /v1/queue`` (Model Boss): waiting and in-flight requests per model the key
         may reach."""
-        down = Downstream(_no_receive, send)
         try:
-            access = self._authenticate(scope)
+            access = self._authenticate_with(pick_headers(down.headers).authorization)
         except ProxyError as error:
             await down.fail(error)
             return
@@ -149,23 +152,20 @@ class OpenAIRoutes:
 
     # --- proxied requests ---------------------------------------------------------------------
 
-    async def _handle(
-        self, scope: Scope, receive: Receive, send: Send, path: bytes, upstream: bool
-    ) -> None:
-        down = Downstream(receive, send)
+    async def _handle(self, down: Downstream, upstream: bool) -> None:
         ex = Exchange(
             time.perf_counter(),
             time.time(),
-            client_address(scope),
-            scope["method"],
-            path.decode("latin-1"),
+            down.client,
+            down.method,
+            down.raw_path.decode("latin-1"),
         )
         try:
             try:
                 if upstream:
-                    await self._upstream(scope, down, ex, path)
+                    await self._upstream(down, ex)
                 else:
-                    await self._api(scope, down, ex, path)
+                    await self._api(down, ex)
             except ProxyError as error:
                 ex.status = error.status
                 await down.fail(error)
@@ -173,7 +173,7 @@ class OpenAIRoutes:
                 ex.status = DISCONNECTED
             except BrokenReply as broken:
                 ex.status = broken.error.status
-                raise  # the reply is cut off: let the server drop the connection
+                down.cut(broken)  # the client must see the reply cut off, not complete
             except Exception:
                 log.exception("internal error in %s %s", ex.method, ex.path)
                 ex.status = 500
@@ -188,8 +188,8 @@ class OpenAIRoutes:
             down.close()
             finish(ex, down, self.core, upstream)
 
-    async def _api(self, scope: Scope, down: Downstream, ex: Exchange, path: bytes) -> None:
-        headers = scope["headers"]
+    async def _api(self, down: Downstream, ex: Exchange) -> None:
+        headers = down.headers
         picked = pick_headers(headers)
         access = self._authenticate_with(picked.authorization)
         limit = self.settings.max_body_bytes
@@ -216,7 +216,7 @@ class OpenAIRoutes:
         except ValueError as exc:
             raise errors.bad_request(str(exc), "invalid_priority", param="x_priority") from None
         outgoing = Outgoing(
-            target(path, scope),
+            target(down.raw_path, down.query),
             request_headers(headers, drop_authorization=not access.open),
             content,
             None if isinstance(content, bytes) else picked.content_length,
@@ -233,11 +233,11 @@ class OpenAIRoutes:
             raise errors.cooling_down(ex.client, left)
         ex.stay_warm = hints.stay_warm
 
-    async def _upstream(self, scope: Scope, down: Downstream, ex: Exchange, path: bytes) -> None:
-        rest = path[len(b"/upstream/") :]
+    async def _upstream(self, down: Downstream, ex: Exchange) -> None:
+        rest = down.raw_path[len(b"/upstream/") :]
         name, _, tail = rest.partition(b"/")
         ex.requested = unquote(name.decode("utf-8", "replace"))
-        headers = scope["headers"]
+        headers = down.headers
         picked = pick_headers(headers)
         access = self._authenticate_with(picked.authorization)
         if not ex.requested:
@@ -248,7 +248,7 @@ class OpenAIRoutes:
         if picked.content_length is not None and picked.content_length > limit:
             raise errors.too_large(limit)
         outgoing = Outgoing(
-            target(b"/" + tail, scope),
+            target(b"/" + tail, down.query),
             request_headers(headers, drop_authorization=not access.open),
             b"",
         )
@@ -262,7 +262,7 @@ class OpenAIRoutes:
         self.gateway.begin_request(route.name)  # no slot: UIs load many small files at once
         try:
             endpoint = await self._recheck(down, route.name, endpoint)
-            await self._forward(down, ex, route.name, endpoint, outgoing)
+            await self._forward(down, ex, route, endpoint, outgoing)
         finally:
             self.gateway.end_request(route.name)
 
@@ -298,10 +298,35 @@ class OpenAIRoutes:
     ) -> None:
         """Wake, queue, forward; ``begin_request``/``end_request`` bracket the forwarding."""
         name = route.name
-        reasoning = route.loading_as_reasoning and ex.path.startswith("/v1/chat/completions")
-        endpoint = await self._ready_endpoint(down, route, stream, reasoning)
         queue = self.core.queues.get(name)
         limit = route.max_concurrency
+        ready = route.endpoint if route.phase == Phase.READY else None
+        if ready and queue.try_acquire(limit):
+            # The usual case: nothing is awaited before begin_request, so nothing can have
+            # changed since the route was looked up.
+            endpoint, waited = ready, False
+        else:
+            reasoning = route.loading_as_reasoning and ex.path.startswith("/v1/chat/completions")
+            endpoint = await self._ready_endpoint(down, route, stream, reasoning)
+            await self._slot(down, name, queue, priority, limit)
+            waited = True
+        slot_start = time.perf_counter()
+        self.gateway.begin_request(name)
+        try:
+            if waited:
+                endpoint = await self._recheck(down, name, endpoint)
+            await self._forward(down, ex, route, endpoint, outgoing)
+        finally:
+            if ex.stay_warm:  # before end_request: a stayWarm 0 model must not go first
+                self.gateway.stay_warm(name, ex.stay_warm)
+            self.gateway.end_request(name)
+            queue.release(limit, time.perf_counter() - slot_start)
+
+    async def _slot(
+        self, down: Downstream, name: str, queue: ModelQueue, priority: int, limit: int
+    ) -> None:
+        """A slot in the model's queue: at once, or after waiting (a started stream gets
+        ``: queued`` comments meanwhile); 429 when the queue is full, 503 past the wait bound."""
         waiting = queue.acquire(
             priority, limit, self.settings.max_queue, self.settings.queue_timeout
         )
@@ -314,16 +339,6 @@ class OpenAIRoutes:
             raise errors.queue_full(name, full.queued, full.retry_after) from None
         except QueueTimeout as timeout:
             raise errors.queue_timeout(name, timeout.waited, timeout.retry_after) from None
-        slot_start = time.perf_counter()
-        self.gateway.begin_request(name)
-        try:
-            endpoint = await self._recheck(down, name, endpoint)
-            await self._forward(down, ex, name, endpoint, outgoing)
-        finally:
-            if ex.stay_warm:  # before end_request: a stayWarm 0 model must not go first
-                self.gateway.stay_warm(name, ex.stay_warm)
-            self.gateway.end_request(name)
-            queue.release(limit, time.perf_counter() - slot_start)
 
     # --- wake ---------------------------------------------------------------------------------
 
@@ -412,21 +427,30 @@ class OpenAIRoutes:
         self,
         down: Downstream,
         ex: Exchange,
-        name: str,
+        route: ModelRoute,
         endpoint: str,
         out: Outgoing,
     ) -> None:
+        name = route.name
         pools = self.core.pool
         upstream = pools.acquire(endpoint)
         try:
             try:
                 reply = await upstream.request(
-                    ex.method, out.target, out.headers, out.content, out.content_length
+                    ex.method,
+                    out.target,
+                    out.headers,
+                    out.content,
+                    out.content_length,
+                    route.request_timeout,
+                    route.idle_timeout,
                 )
             except UpstreamError as exc:
                 error = classify(name, exc)
                 if exc.backend_failed:
                     self._backend_failed(name, error.message)
+                elif error.code == "timeout":
+                    self._timed_out(name, error.message)
                 raise error from None
             try:
                 ex.streamed = is_sse(reply)
@@ -437,6 +461,8 @@ class OpenAIRoutes:
             except BrokenReply as broken:
                 if broken.backend_failed:
                     self._backend_failed(name, broken.error.message)
+                elif broken.error.code == "timeout":
+                    self._timed_out(name, broken.error.message)
                 raise
             finally:
                 reply.close()
@@ -445,8 +471,12 @@ class OpenAIRoutes:
         ex.usage = relayed.usage
         if relayed.broken is not None:
             ex.status = relayed.broken.status
-            if relayed.backend_failed:
+            if relayed.backend_failed:  # recorded before the client hears of it
                 self._backend_failed(name, relayed.broken.message)
+            elif relayed.broken.code == "timeout":
+                self._timed_out(name, relayed.broken.message)
+            # an error answer, or an error event in a stream
+            await down.fail(relayed.broken, relayed.unfinished)
 
     async def _into_open_stream(
         self, down: Downstream, reply: Reply, name: str, ex: Exchange
@@ -465,9 +495,6 @@ class OpenAIRoutes:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _authenticate(self, scope: Scope) -> Access:
-        return self._authenticate_with(pick_headers(scope["headers"]).authorization)
-
     def _authenticate_with(self, authorization: str | None) -> Access:
         return authenticate(self.gateway.api_keys(), authorization)
 
@@ -476,6 +503,13 @@ class OpenAIRoutes:
         if route is None or not access.may_reach(route):
             raise errors.model_not_found(model)
         return route
+
+    def _timed_out(self, name: str, message: str) -> None:
+        log.warning("%s", message)
+        try:
+            self.gateway.request_timed_out(name, message)
+        except Exception:
+            log.exception("gateway.request_timed_out(%s) raised", name)
 
     def _backend_failed(self, name: str, reason: str) -> None:
         self.core.metrics.backend_failures.labels(name).inc()
@@ -497,10 +531,6 @@ def _error_event(status: int, body: bytes) -> bytes:
     message = body.decode("utf-8", "replace").strip()[:500] or f"backend answered {status}"
     kind = "server_error" if status >= 500 else "invalid_request_error"
     return ProxyError(status, message, kind, "backend_error").body()
-
-
-async def _no_receive() -> dict[str, object]:
-    return {"type": "http.disconnect"}
 
 
 async def _prefixed(held: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

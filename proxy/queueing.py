@@ -115,6 +115,13 @@ class ModelQueue:
         self._heap: list[tuple[int, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
 
+    def try_acquire(self, max_concurrency: int) -> bool:
+        """Take a slot if one is free and nobody waits (no overtaking); never waits."""
+        if admission(self.in_flight, max_concurrency, self.queued, 0) == "run":
+            self.in_flight += 1
+            return True
+        return False
+
     async def acquire(
         self, priority: int, max_concurrency: int, max_queue: int, timeout: float
     ) -> float:

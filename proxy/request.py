@@ -8,8 +8,6 @@ import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 
-from litestar.types import Scope
-
 from proxy import errors
 from proxy.channel import Downstream
 from proxy.core import ProxyCore
@@ -77,17 +75,8 @@ def pick_headers(headers: list[tuple[bytes, bytes]]) -> RequestHeaders:
     return picked
 
 
-def client_address(scope: Scope) -> str:
-    client = scope.get("client")
-    return client[0] if client else ""
-
-
-def raw_path(scope: Scope) -> bytes:
-    return scope.get("raw_path") or (scope.get("root_path", "") + scope["path"]).encode()
-
-
-def target(path: bytes, scope: Scope) -> str:
-    query = scope.get("query_string")
+def target(path: bytes, query: bytes) -> str:
+    """What the backend is asked for: the path and query as the client sent them."""
     return (path + b"?" + query if query else path).decode("latin-1")
 
 
@@ -99,7 +88,7 @@ def finish(ex: Exchange, down: Downstream, core: ProxyCore, upstream: bool) -> N
     usage = ex.usage
     metrics = core.metrics
     if upstream:
-        metrics.upstream_requests.labels(ex.model, str(status)).inc()
+        metrics.upstream_request(ex.model, status)
     else:
         metrics.observe(ex.model, status, latency, ttft, usage)
     prompt = usage.prompt_tokens if usage else None
@@ -107,15 +96,15 @@ def finish(ex: Exchange, down: Downstream, core: ProxyCore, upstream: bool) -> N
     try:
         core.gateway.record_request(
             RequestRecord(
-                time=ex.wall,
-                client=ex.client,
-                model=ex.model or ex.requested,
-                path=ex.path,
-                status=status,
-                latency=latency,
-                ttft=ttft,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
+                ex.wall,
+                ex.client,
+                ex.model or ex.requested,
+                ex.path,
+                status,
+                latency,
+                ttft,
+                prompt,
+                completion,
             )
         )
     except Exception:

@@ -26,9 +26,6 @@ class ProxySettings:
     connect_timeout: float = 10.0
     """Seconds to open a TCP connection to a backend (it is local: long means it is stuck)."""
 
-    read_timeout: float | None = None
-    """Longest silence between bytes from a backend; ``None``: none (LLMs can think for long)."""
-
     write_timeout: float | None = 60.0
     """Longest a backend may take to accept a chunk of the request body."""
 

@@ -7,7 +7,9 @@ requests the proxy ran at ~10 % of direct throughput. This client does only what
 (loopback, plain HTTP/1.1, one request per connection at a time) for tens of microseconds:
 
 - one ``transport.write`` for head and body; the response body is handed over as the chunks
-  arrive (de-chunked, never content-decoded), with read back-pressure past 1 MiB buffered;
+  arrive (de-chunked, never content-decoded), with read back-pressure past 1 MiB buffered, or,
+  with :meth:`Reply.forward`, written on from the connection's own callback as each chunk is
+  parsed (no task wake-up per chunk; back-pressure from the sink);
 - idle connections are dropped from the pool the moment the backend closes them (no polling);
   a request that finds its reused connection closed before any reply byte is retried once on a
   fresh connection, if its body can be replayed;
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -27,8 +29,16 @@ from urllib.parse import urlsplit
 import httptools
 
 ErrorKind = Literal[
-    "connect", "connect_timeout", "read_timeout", "write_timeout", "closed", "protocol"
+    "connect",
+    "connect_timeout",
+    "head_timeout",  # no reply head within the request's head timeout (requestTimeout)
+    "read_timeout",  # no body bytes for the request's read timeout (idleTimeout)
+    "write_timeout",
+    "closed",
+    "protocol",
 ]
+
+Sink = Callable[[bytes], bool]  # takes a body chunk; False: pause reading until resume()
 
 _PAUSE_AT = 1024 * 1024  # buffered reply bytes that pause reading from the backend
 _RESUME_AT = 256 * 1024
@@ -37,20 +47,26 @@ _RESUME_AT = 256 * 1024
 class UpstreamError(Exception):
     """The backend could not be reached or broke the exchange."""
 
-    def __init__(self, kind: ErrorKind, message: str) -> None:
+    def __init__(self, kind: ErrorKind, message: str, seconds: float | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.seconds = seconds  # the limit that ran out, for a timeout
 
     @property
     def backend_failed(self) -> bool:
-        """Refused, dropped or garbled means broken; slow (read/write timeout) does not."""
-        return self.kind not in ("read_timeout", "write_timeout")
+        """Refused, dropped or garbled means broken; slow (a timeout past connecting) does not."""
+        return self.kind not in _SLOW
+
+
+_SLOW = frozenset({"head_timeout", "read_timeout", "write_timeout"})
 
 
 @dataclass(frozen=True)
 class Timeouts:
+    """The pool's own limits. The limits on the answer (first byte, silence between chunks)
+    belong to each request: see :meth:`UpstreamPool.request`."""
+
     connect: float | None = 10.0
-    read: float | None = None  # longest silence while waiting for reply bytes
     write: float | None = 60.0  # longest wait for the backend to accept request bytes
 
 
@@ -63,6 +79,9 @@ class Reply:
         "_conn",
         "_done",
         "_error",
+        "_fed",
+        "_sink",
+        "_sink_paused",
         "_waiter",
         "content_encoding",
         "content_length",
@@ -85,6 +104,9 @@ class Reply:
         self._done = False
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._sink: Sink | None = None  # set while :meth:`forward` runs
+        self._sink_paused = False
+        self._fed = False  # a chunk went to the sink since the last read-timeout check
 
     # --- fed by the connection ---------------------------------------------------------------
 
@@ -94,6 +116,13 @@ class Reply:
             waiter.set_result(None)
 
     def _feed(self, chunk: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            self._fed = True
+            if not sink(chunk):
+                self._sink_paused = True
+                self._conn.pause_reading()
+            return
         self._chunks.append(chunk)
         self._buffered += len(chunk)
         if self._buffered > _PAUSE_AT:
@@ -109,22 +138,32 @@ class Reply:
             self._error = error
             self._wake()
 
+    @property
+    def ready(self) -> bool:
+        """Body bytes (or its end, or a failure) are at hand: reading would not wait."""
+        return bool(self._chunks) or self._done or self._error is not None
+
     # --- read by the proxy ---------------------------------------------------------------------
 
     async def _wait(self, timeout: float | None) -> None:
         self._waiter = asyncio.get_running_loop().create_future()
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 await self._waiter
+            else:
+                async with asyncio.timeout(timeout):
+                    await self._waiter
         except TimeoutError:
-            raise UpstreamError("read_timeout", f"no reply bytes for {timeout} s") from None
+            raise UpstreamError(
+                "read_timeout", f"no reply bytes for {timeout:g} s", timeout
+            ) from None
         finally:
             self._waiter = None
 
     async def aiter_raw(self) -> AsyncIterator[bytes]:
         """Body bytes as they arrive (transfer-decoded, not content-decoded)."""
         chunks = self._chunks
-        read_timeout = self._conn.timeouts.read
+        read_timeout = self._conn.read_timeout
         while True:
             if chunks:
                 # Whatever has arrived goes on at once, as one piece: never waiting to batch,
@@ -143,8 +182,60 @@ class Reply:
                 await self._wait(read_timeout)
 
     async def aread(self) -> bytes:
-        parts = [chunk async for chunk in self.aiter_raw()]
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        """The whole body."""
+        parts: list[bytes] = []
+        chunks = self._chunks
+        while True:
+            if chunks:
+                parts.extend(chunks)
+                chunks.clear()
+                self._buffered = 0
+                self._conn.resume_reading()
+            elif self._error is not None:
+                raise self._error
+            elif self._done:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            else:
+                await self._wait(self._conn.read_timeout)
+
+    async def forward(self, sink: Sink) -> None:
+        """Hand each body chunk to ``sink`` as it arrives, from the connection's own callback:
+        no task wake-up and no await per chunk. ``sink`` returns ``False`` when it can take no
+        more for now (a slow client); reading from the backend then pauses until
+        :meth:`resume`. Returns at the end of the body; raises :class:`UpstreamError` when the
+        backend breaks or stays silent past the read timeout."""
+        chunks = self._chunks
+        while chunks:  # what arrived before forwarding began
+            chunk = chunks.popleft()
+            self._buffered -= len(chunk)
+            if not sink(chunk):
+                self._sink_paused = True
+        if self._sink_paused:
+            self._conn.pause_reading()
+        else:
+            self._conn.resume_reading()
+        read_timeout = self._conn.read_timeout
+        self._sink = sink
+        try:
+            while not self._done and self._error is None:
+                self._fed = False
+                try:
+                    await self._wait(read_timeout)
+                except UpstreamError:
+                    if self._fed or self._sink_paused:
+                        continue  # not silent: chunks flowed, or we held the backend back
+                    raise
+        finally:
+            self._sink = None
+        if self._error is not None:
+            raise self._error
+
+    def resume(self) -> None:
+        """The sink of :meth:`forward` can take chunks again."""
+        if self._sink_paused:
+            self._sink_paused = False
+            if self._conn is not None:
+                self._conn.resume_reading()
 
     def close(self) -> None:
         """Release the connection: back to the pool if the reply is complete and reusable,
@@ -160,6 +251,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.timeouts = pool.timeouts
+        self.read_timeout: float | None = None  # the current request's longest silence
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.reply: Reply | None = None
@@ -308,7 +400,7 @@ class UpstreamPool:
         self.endpoint = endpoint
         self.host = parts.hostname
         self.port = parts.port or 80
-        self._host_header = parts.netloc.encode()
+        self._host_line = b" HTTP/1.1\r\nhost: %s\r\n" % parts.netloc.encode()
         self.timeouts = timeouts or Timeouts()
         self.max_idle = max_idle
         self.idle_expiry = idle_expiry
@@ -371,25 +463,35 @@ class UpstreamPool:
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterable[bytes],
         content_length: int | None = None,
+        head_timeout: float | None = None,
+        read_timeout: float | None = None,
     ) -> Reply:
         """Send a request; returns once the reply's head has arrived.
 
         ``headers`` must not hold Host, Content-Length or Transfer-Encoding: they are set here
         (``content_length`` for a streamed ``body``; without it the body is sent chunked).
+        ``head_timeout`` bounds the wait for the reply's head once the request is sent,
+        ``read_timeout`` each silence in its body (``None``: no bound).
         """
         replayable = isinstance(body, bytes)
         conn = self._take_idle()
         if conn is None:
             conn = await self._connect()
         try:
-            return await self._exchange(conn, method, target, headers, body, content_length)
+            conn.read_timeout = read_timeout
+            return await self._exchange(
+                conn, method, target, headers, body, content_length, head_timeout
+            )
         except UpstreamError as exc:
             # The backend closed a kept-alive connection just as we reused it: nothing of the
             # request was processed, so one retry on a fresh connection is safe.
             if not (conn.reused and not conn.received and replayable and exc.kind == "closed"):
                 raise
         conn = await self._connect()
-        return await self._exchange(conn, method, target, headers, body, content_length)
+        conn.read_timeout = read_timeout
+        return await self._exchange(
+            conn, method, target, headers, body, content_length, head_timeout
+        )
 
     async def _exchange(
         self,
@@ -399,17 +501,16 @@ class UpstreamPool:
         headers: list[tuple[bytes, bytes]],
         body: bytes | AsyncIterable[bytes],
         content_length: int | None,
+        head_timeout: float | None,
     ) -> Reply:
         reply = Reply(conn)
         conn.reply = reply
         conn.received = False
         conn.head_only = method == "HEAD"
         conn.head_waiter = asyncio.get_running_loop().create_future()
-        lines = [
-            b"%s %s HTTP/1.1\r\nhost: %s\r\n"
-            % (method.encode(), target.encode(), self._host_header)
-        ]
-        lines.extend(b"%s: %s\r\n" % pair for pair in headers)
+        lines = [method.encode(), b" ", target.encode("latin-1"), self._host_line]
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
         try:
             if conn.closed:
                 raise UpstreamError("closed", "backend closed the connection")
@@ -439,7 +540,7 @@ class UpstreamPool:
                     await conn.drain()
                 if chunked and not conn.closed:
                     transport.write(b"0\r\n\r\n")
-            await self._wait_head(conn, reply)
+            await self._wait_head(conn, reply, head_timeout)
         except BaseException:
             conn.reply = None
             conn.head_waiter = None
@@ -447,15 +548,17 @@ class UpstreamPool:
             raise
         return reply
 
-    async def _wait_head(self, conn: _Connection, reply: Reply) -> None:
+    async def _wait_head(self, conn: _Connection, reply: Reply, timeout: float | None) -> None:
         waiter = conn.head_waiter
         assert waiter is not None
-        timeout = self.timeouts.read
         try:
-            async with asyncio.timeout(timeout):
+            if timeout is None:
                 await waiter
+            else:
+                async with asyncio.timeout(timeout):
+                    await waiter
         except TimeoutError:
-            raise UpstreamError("read_timeout", f"no reply within {timeout} s") from None
+            raise UpstreamError("head_timeout", f"no reply within {timeout:g} s", timeout) from None
         if reply.status == 0:  # woken by a failure, not by the reply's head
             raise reply._error or UpstreamError("closed", "backend closed the connection")
 

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
+
+import msgspec
 
 _KEY = b'"usage"'
 _decoder = json.JSONDecoder()
+_flat_decoder = msgspec.json.Decoder()
 TAIL_BYTES = 8192
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
     prompt_tokens: int | None
     completion_tokens: int | None
 
@@ -30,10 +32,27 @@ def find_usage(data: bytes) -> Usage | None:
         end = pos
         if pos and data[pos - 1 : pos] == b"\\":
             continue  # inside a string: \"usage\"
-        usage = _object_after(data, pos + len(_KEY))
+        usage = _flat_object_after(data, pos + len(_KEY))
+        if usage is None:
+            usage = _object_after(data, pos + len(_KEY))
         if usage is not None:
             return Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")))
     return None
+
+
+def _flat_object_after(data: bytes, start: int) -> dict | None:
+    """The usual case, quickly: ``: {...}`` with no object nested inside."""
+    brace = data.find(b"{", start, start + 64)
+    if brace == -1 or data[start:brace].strip() != b":":
+        return None
+    close = data.find(b"}", brace)
+    if close == -1 or data.find(b"{", brace + 1, close) != -1:
+        return None
+    try:
+        value = _flat_decoder.decode(data[brace : close + 1])
+    except msgspec.DecodeError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _object_after(data: bytes, start: int) -> dict | None:
@@ -72,3 +91,11 @@ class Tail:
 
     def bytes(self) -> bytes:
         return b"".join(self._chunks)
+
+    def event_end(self) -> bytes:
+        """What ends the stream's last server-sent event if it stopped in the middle of one
+        (a backend that died mid-write): an event after it must not be glued to its half."""
+        end = self.bytes()[-4:]
+        if not end or end.endswith((b"\n\n", b"\r\n\r\n")):
+            return b""
+        return b"\n" if end.endswith(b"\n") else b"\n\n"

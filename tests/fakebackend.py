@@ -174,6 +174,12 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))  # one write per event, flushed
         self.wfile.flush()
 
+    def send_partial_event(self, payload: str) -> None:
+        """The first half of an event, as a backend dying in the middle of a write leaves it."""
+        data = f"data: {payload}".encode()[: len(payload) // 2]
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
     def end_stream(self) -> None:
         self.send_event("[DONE]")
         self.wfile.write(b"0\r\n\r\n")
@@ -368,6 +374,10 @@ class Handler(BaseHTTPRequestHandler):
                 ]
             )
         for i, token in enumerate(tokens):
+            if crash and i == 2 and args.crash_mid_event:
+                log("crashing in the middle of an event (--crash-mid-event)")
+                self.send_partial_event(json.dumps({**chunk, "choices": []}))
+                os._exit(CRASH_EXIT_CODE)
             if crash and i == 2:
                 log("crashing mid-stream (--crash-mid-stream)")
                 os._exit(CRASH_EXIT_CODE)
@@ -441,6 +451,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="die during the Nth POST instead (N from --crash-after, default 1): "
         "after 2 tokens of a stream, or before answering a non-streamed one",
+    )
+    p.add_argument(
+        "--crash-mid-event",
+        action="store_true",
+        help="with --crash-mid-stream: send the first half of an event before dying",
     )
     p.add_argument(
         "--exit-immediately",

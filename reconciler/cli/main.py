@@ -35,6 +35,7 @@ from reconciler.manifests import manifest_set as manifest_sets
 from reconciler.manifests.loader import ManifestError
 from reconciler.manifests.schema import json_schema
 from reconciler.state import run_record
+from reconciler.state.lock import StateLock
 from reconciler.state.store import Store
 from reconciler.units import parse_listen
 
@@ -104,8 +105,14 @@ def _options(
 
 
 def main() -> None:
+    from reconciler.state.lock import StateDirLocked
+    from reconciler.state.store import StateDatabaseError
+
     try:
         app()
+    except (StateDatabaseError, StateDirLocked) as exc:  # the reason and the way out, exit 1
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(1)
     except ServiceError as exc:  # the service refused (a bad key, an unknown model)
         err.print(f"modelplane run answered {exc}", markup=False, style="red")
         sys.exit(1)
@@ -259,7 +266,9 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
         nonlocal pull_warning
         notifications = EventNotifications()
         async with await Controller.open(directory) as controller:
+            lock = StateLock(controller.state_dir)
             try:
+                lock.acquire()  # one apply (or run) per state directory
                 manifests = manifest_sets.load(directory, await controller.store.documents())
                 node_name = manifests.node_doc.name if manifests.node_doc else None
                 notifications.configure(manifests.node.notify, node_name)
@@ -275,6 +284,7 @@ def apply(directory: DirArg = Path(DEFAULT_DIR), allow_empty: AllowEmpty = False
                 )
                 return result
             finally:
+                lock.release()
                 await notifications.aclose()
 
     started = time.monotonic()
@@ -391,25 +401,26 @@ def down(directory: FindOption = None) -> None:
 async def _down_offline(found: Located) -> tuple[int, dict[str, str]]:
     directory = found.manifests or Path(DEFAULT_DIR)
     async with await Controller.open(directory, found.state_dir) as controller:
-        try:
-            _, desired = await controller.load(online=False, persist=False)
-            names = runtime_names(desired)
-        except FileNotFoundError:
-            names = {"process"}
-        instances, unavailable = await controller.runtimes.list(names)
-        stopped = 0
-        for inst in instances:
-            if inst.managed:
-                await controller.runtimes.get(inst.runtime).stop(inst)
-                await controller.store.add_event(
-                    "Stopped", "stopped by modelplane down", inst.model
-                )
-                where = f" on {inst.node}" if inst.node else ""
-                out.print(
-                    f"stopped {inst.model} ({inst.runtime} {inst.ident}{where})", markup=False
-                )
-                stopped += 1
-        return stopped, unavailable
+        with StateLock(controller.state_dir):  # not while an apply starts them
+            return await _stop_all(controller)
+
+
+async def _stop_all(controller: Controller) -> tuple[int, dict[str, str]]:
+    try:
+        _, desired = await controller.load(online=False, persist=False)
+        names = runtime_names(desired)
+    except FileNotFoundError:
+        names = {"process"}
+    instances, unavailable = await controller.runtimes.list(names)
+    stopped = 0
+    for inst in instances:
+        if inst.managed:
+            await controller.runtimes.get(inst.runtime).stop(inst)
+            await controller.store.add_event("Stopped", "stopped by modelplane down", inst.model)
+            where = f" on {inst.node}" if inst.node else ""
+            out.print(f"stopped {inst.model} ({inst.runtime} {inst.ident}{where})", markup=False)
+            stopped += 1
+    return stopped, unavailable
 
 
 def _wait_exit(pid: int, timeout: float = 60.0) -> None:
@@ -770,11 +781,55 @@ def mirror(
     raise typer.Exit(mirror_command(directory or Path(DEFAULT_DIR), listen, token_file, out, err))
 
 
+@app.command("reset-db")
+def reset_db(
+    directory: FindOption = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="The state directory (else found as status finds it).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Start a new one even if it is healthy.")] = False,
+) -> None:
+    """Move a corrupt state database aside and start a new one; running models keep running
+    and are adopted again. The old file is kept; what can still be read of it is copied."""
+    from .state import reset_db_command
+
+    if state_dir is not None:
+        manifests = directory if directory is not None and directory.is_dir() else None
+    else:
+        found, _ = _find(directory)
+        state_dir, manifests = found.state_dir, found.manifests
+    raise typer.Exit(_run(reset_db_command(manifests, state_dir, force, out, err)))
+
+
 @app.command("hash-key")
-def hash_key(key: str) -> None:
-    """Print the sha256 of an API key, for Node.apiKeys (the key itself never goes in a file)."""
+def hash_key(
+    key: Annotated[
+        str | None,
+        typer.Argument(help="Leave it out: a key on the command line shows in ps and history."),
+    ] = None,
+) -> None:
+    """Print the sha256 of an API key, for Node.apiKeys (the key itself never goes in a file).
+
+    The key is read from stdin (``modelplane hash-key < keyfile``), or at a prompt that does not
+    echo it on a terminal.
+    """
+    import getpass
     import hashlib
 
+    if key is not None:
+        err.print(
+            "warning: a key on the command line shows in ps and the shell's history; "
+            "pipe it in instead (modelplane hash-key < keyfile)",
+            markup=False,
+            style="yellow",
+        )
+    elif sys.stdin.isatty():
+        key = getpass.getpass("API key: ")
+    else:
+        key = sys.stdin.readline().rstrip("\r\n")
+    if not key:
+        err.print("no key given: pipe it in (modelplane hash-key < keyfile)", markup=False)
+        raise typer.Exit(1)
     sys.stdout.write(hashlib.sha256(key.encode()).hexdigest() + "\n")
 
 

@@ -7,6 +7,7 @@ handed to the :class:`~reconciler.control.engine.Engine`, which is what reconcil
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from reconciler.gitops.source import ManifestSource
 from reconciler.gitops.worktree import GitInfo, changes_between
 from reconciler.gpus.inventory import probe_gpus
 from reconciler.manifests import manifest_set
+from reconciler.manifests.loader import ManifestError
 from reconciler.manifests.manifest_set import ManifestSet
 from reconciler.manifests.schema import NodeSpec
 from reconciler.planning.desired import Desired, build_desired
@@ -77,16 +79,31 @@ class Controller:
         Hub sources are resolved to commits (``online``: ask the hub, else the last known
         commits; ``persist``: remember them), so a moved branch is a new spec hash.
         Raises ``FileNotFoundError`` when the directory itself is missing.
+
+        The files are read and validated in a worker thread: a large or hostile file (bounded
+        by the loader's limits) costs the proxy's event loop nothing.
         """
-        manifests = manifest_set.load(
+        manifests = await asyncio.to_thread(
+            manifest_set.load,
             self.source.directory,
             await self.store.documents(),
             extra_roots=self.source.extra_roots,
         )
+        return manifests, await self._desired(manifests, online, persist)
+
+    async def load_last(
+        self, reason: ManifestError, online: bool = True, persist: bool = True
+    ) -> tuple[ManifestSet, Desired]:
+        """The last valid set from the database, every document Stale with ``reason`` (the
+        directory holds no Model: the prune guard keeps what was in force)."""
+        manifests = manifest_set.last_set(await self.store.documents(), reason)
+        return manifests, await self._desired(manifests, online, persist)
+
+    async def _desired(self, manifests: ManifestSet, online: bool, persist: bool) -> Desired:
         self.weights.configure(manifests.node)
         self.runtimes.ray = manifests.node.ray  # the cluster as the Node manifest says now
         revisions = await self.weights.resolve_all(manifests, online=online, persist=persist)
-        return manifests, build_desired(manifests, revisions)
+        return build_desired(manifests, revisions)
 
     async def observe(self, desired: Desired) -> tuple[list[Instance], dict[str, str]]:
         """What the runtimes run (every runtime some model uses), and the ones unreachable."""

@@ -38,6 +38,7 @@ from reconciler.gpus.inventory import Inventory, node_gpus, read_inventory
 from reconciler.gpus.scheduler import Schedule, holders, instance_claims, pins_problem
 from reconciler.gpus.types import Claim
 from reconciler.gpus.vram import Estimate
+from reconciler.manifests.loader import ManifestError
 from reconciler.manifests.manifest_set import ManifestSet
 from reconciler.planning.desired import Desired, build_desired
 from reconciler.planning.outcome import Outcome
@@ -149,6 +150,7 @@ class Engine:
         self.desired: Desired | None = None
         self.generation = 0
         self.load_error: str | None = None  # the manifest directory cannot be read
+        self.emptied: str | None = None  # no Model in the directory: the last set is kept (why)
         self.actual: list[Instance] = []
         self.unavailable: dict[str, str] = {}  # runtime → why it cannot be listed
         self.ready: dict[str, str] = {}  # model → endpoint of a healthy backend
@@ -322,13 +324,16 @@ class Engine:
                     self.activity.snapshot(),
                     allow_empty=self.allow_empty,
                 )
-                self._refused = None
+                report.refused = self.emptied
             except PruneRefused as exc:
                 actions = []
                 report.refused = str(exc)
-                if self._refused != str(exc):
-                    self._refused = str(exc)
-                    self._event("PruneRefused", str(exc))
+            if report.refused is None:
+                self._refused = None
+            elif self._refused != report.refused:
+                self._refused = report.refused
+                log.warning("%s", report.refused)
+                self._event("PruneRefused", report.refused)
             actions = [a for a in actions if a.model not in blind]  # unseen: nothing to do
             actions = await self._gate_downloads(actions, now)
             report.actions = await self._schedule(actions, now, report)
@@ -409,7 +414,11 @@ class Engine:
             return
         self._resolved_at = time.time()
         self.load_error = None
-        keep = bool(desired.models) or self.allow_empty  # an emptied set must not wipe the last
+        self.emptied = None
+        if not desired.models and not self.allow_empty:
+            manifests, desired = await self._keep_last_set(manifests, desired)
+        # an emptied set must not wipe the last valid versions (nor end loads by hand)
+        keep = (bool(desired.models) and self.emptied is None) or self.allow_empty
         if self.dry_run:
             last = await store.last_generation()
             self.generation = last.id if last else 0
@@ -445,6 +454,34 @@ class Engine:
         self.manifests, self.desired = manifests, desired
         self.unschedulable_wait = desired.node.proxy.queue_timeout
         self.estimates = {}  # the pass estimates every model, after reading the inventory
+
+    async def _keep_last_set(
+        self, manifests: ManifestSet, desired: Desired
+    ) -> tuple[ManifestSet, Desired]:
+        """The directory holds no Model (emptied, or unreadable as a whole): the last set stays
+        in force, every model Stale and still routed, until it holds one again (the prune guard,
+        which would otherwise only keep the processes). ``--allow-empty`` lets it go."""
+        directory = str(self.controller.manifest_dir)
+        reason = ManifestError(
+            directory,
+            1,
+            1,
+            "",
+            "",
+            "no Model manifest in this directory (emptied or unreadable?): the last set stays "
+            "in force, requests included, until it has one again",
+        )
+        kept, held = await self.controller.load_last(
+            reason, online=self.online, persist=not self.dry_run
+        )
+        if not held.models:  # nothing was in force: nothing to keep
+            return manifests, desired
+        self.emptied = (
+            f"refusing to stop every model ({', '.join(sorted(held.models))}): the manifest set "
+            "has no models (empty or unreadable directory?); the last set stays in force. "
+            "Pass --allow-empty to stop them anyway."
+        )
+        return kept, held
 
     async def _refresh_revisions(self) -> None:
         """At each resync: ask the hub again; a moved branch is a new spec hash (recreate)."""

@@ -27,11 +27,13 @@ from litestar import Litestar
 from proxy.app import create_app
 from proxy.gateway import ApiKey
 from proxy.logsetup import setup_logging
+from proxy.server import http_protocol, settle_gc
 from proxy.settings import ProxySettings
 from reconciler.gpus.inventory import GpuCollector
 from reconciler.manifests.schema import ProxySpec
 from reconciler.ops.systemd import SystemdNotifier
 from reconciler.state import run_record
+from reconciler.state.lock import StateLock
 from reconciler.units import is_loopback, parse_listen
 
 from .controller import Controller
@@ -65,12 +67,17 @@ async def serve(
     # Read (and removed from the environment) first: backends started later must not inherit it.
     notifier = SystemdNotifier.from_environ()
     controller = await Controller.open(directory)
+    lock = StateLock(controller.state_dir)  # one run (or apply) per state directory
     try:
+        lock.acquire()
         manifests, _ = await controller.load(online=False)
     except FileNotFoundError as exc:
         log.error("%s", exc)
         await controller.close()
         return 1
+    except BaseException:  # (StateDirLocked: the CLI says who holds it)
+        await controller.close()
+        raise
     node = manifests.node
     host, port = parse_listen(listen or node.listen)
     if not node.api_keys and not is_loopback(host):
@@ -84,6 +91,7 @@ async def serve(
         log.info("no apiKeys: open access, on loopback only (%s)", host)
 
     service = Service(controller, allow_empty=allow_empty)
+    service.started_with(node, host, listen_fixed_by_flag=listen is not None)
     token = run_record.new_admin_token(controller.state_dir)
     service.admin_key = ApiKey("modelplane-cli", hashlib.sha256(token.encode()).hexdigest())
     systemd = SystemdReporter(notifier, service)
@@ -91,6 +99,7 @@ async def serve(
     @contextlib.asynccontextmanager
     async def lifespan(_app: Litestar) -> AsyncIterator[None]:
         await service.start()
+        settle_gc()  # what exists now lives as long as the process: out of the GC's way
         log.info("modelplane serving on http://%s:%d (manifests: %s)", host, port, directory)
         try:
             yield
@@ -114,7 +123,7 @@ async def serve(
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=int(grace),
-        http="httptools" if _has("httptools") else "h11",
+        http=http_protocol(app),  # the proxy's own HTTP/1.1 connections (the fast path)
     )
     server = _Server(config)
     url = run_record.connect_url(host, port)
@@ -140,6 +149,7 @@ async def serve(
     finally:
         run_record.mark_stopped(controller.state_dir)
         await systemd.stop()
+        lock.release()
     return 0 if server.started else 1
 
 

@@ -12,7 +12,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
 from typing import Any
 
 from proxy.gateway import PRIORITIES, ApiKey, ModelRoute, Refused, RequestRecord, Unavailable
@@ -22,16 +21,20 @@ from reconciler.gitops.worktree import GitInfo, git_info_async
 from reconciler.gpus.inventory import Inventory
 from reconciler.gpus.types import Claim
 from reconciler.manifests import manifest_set
+from reconciler.manifests.schema import ApiKeySpec, NodeSpec
 from reconciler.ops.alerts import EventNotifications
 from reconciler.ops.webhooks import display_url
+from reconciler.planning.desired import Desired
 from reconciler.planning.planner import Action
 from reconciler.runtimes.log_follow import follow_logs
 from reconciler.state.store import Event, Generation
+from reconciler.units import is_loopback
 
 from .activity import ActivityTracker
 from .controller import Controller, runtime_names
 from .engine import Engine, WakeFailed, WakeUnschedulable, WeightsUnavailable
 from .loop import ReconcileLoop
+from .node_settings import FIXED_AT_START, keys_in_force, needs_restart, restart_warning
 from .overrides import manifest_digests
 from .snapshot import Snapshot, readiness, take_snapshot
 
@@ -75,6 +78,25 @@ class Service:
         self.on_exit_request: Callable[[], None] = lambda: None  # `down`: serve stops the server
         # The key of local commands (state/run_record.py), valid only where keys are required.
         self.admin_key: ApiKey | None = None
+        # The Node as `run` started with it (serve sets it): the settings fixed until a restart
+        # and the address it listens on (no keys is refused live on a non-loopback one).
+        self.node_started: NodeSpec | None = None
+        self.fixed: tuple[str, ...] = FIXED_AT_START
+        self.listen_host = "127.0.0.1"
+        self._keys: list[ApiKeySpec] = []
+        self._keys_refused: str | None = None
+        self._restart_needed: list[str] = []
+        self._followed: Desired | None = None  # the desired state whose Node was looked at
+        self._writes: set[asyncio.Task[object]] = set()
+        self.engine.on_change.append(self._follow_node)
+
+    def started_with(self, node: NodeSpec, host: str, listen_fixed_by_flag: bool) -> None:
+        """What ``run`` started with (its keys are in force until the first pass)."""
+        self.node_started = node
+        self.listen_host = host
+        self._keys = list(node.api_keys)
+        if listen_fixed_by_flag:  # --listen: the Node's listen is not what was bound
+            self.fixed = tuple(f for f in FIXED_AT_START if f != "listen")
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -99,8 +121,8 @@ class Service:
         """Webhooks and pull mode, from the directory's Node manifest, before the first pass."""
         controller = self.controller
         try:  # only the Node is needed: no revisions resolved, nothing remembered
-            manifests = manifest_set.load(
-                controller.manifest_dir, await controller.store.documents()
+            manifests = await asyncio.to_thread(
+                manifest_set.load, controller.manifest_dir, await controller.store.documents()
             )
         except FileNotFoundError:
             return
@@ -170,6 +192,8 @@ class Service:
                 priority=PRIORITIES[model.spec.priority],
                 max_concurrency=model.spec.max_concurrency,
                 startup_timeout=model.spec.startup_timeout,
+                request_timeout=model.spec.request_timeout or None,
+                idle_timeout=model.spec.idle_timeout or None,
                 endpoint=engine.ready.get(name),
                 created=self._created.setdefault(name, int(time.time())),
                 labels=dict(model.labels),
@@ -270,17 +294,50 @@ class Service:
             self.controller.store.add_event("BackendFailed", reason, model)
         )
 
+    def request_timed_out(self, model: str, message: str) -> None:
+        asyncio.get_running_loop().create_task(
+            self.controller.store.add_event("Timeout", message, model)
+        )
+
     def record_request(self, record: RequestRecord) -> None:
         self._records.append(record)
 
     def api_keys(self) -> list[ApiKey]:
-        desired = self.engine.desired
-        if desired is None:
-            return []
-        keys = [ApiKey(k.name, k.sha256, tuple(k.models)) for k in desired.node.api_keys]
+        keys = [ApiKey(k.name, k.sha256, tuple(k.models)) for k in self._keys]
         if keys and self.admin_key:  # (no keys: open on loopback, the CLI needs none)
             keys.append(self.admin_key)
         return keys
+
+    def _follow_node(self) -> None:
+        """A new desired state: its Node's API keys (unless that would open a non-loopback
+        listener), and which of its changes need a restart (see node_settings.py)."""
+        desired = self.engine.desired
+        if desired is None or desired is self._followed:
+            return
+        self._followed = desired
+        node = desired.node
+        self._keys, refused = keys_in_force(
+            is_loopback(self.listen_host), self._keys, node.api_keys, self.listen_host
+        )
+        if refused is not None and refused != self._keys_refused:
+            log.error("%s", refused)
+            self._event("ApiKeysKept", refused)
+        self._keys_refused = refused
+        if self.node_started is None:
+            return
+        changes = needs_restart(self.node_started, node, self.fixed)
+        if changes and changes != self._restart_needed:
+            warning = restart_warning(changes)
+            log.warning("%s", warning)
+            self._event("RestartNeeded", str(warning))
+        self._restart_needed = changes
+
+    def _event(self, kind: str, message: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self.controller.store.add_event(kind, message)
+        )
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     # --- admin ------------------------------------------------------------------------------
 
@@ -309,9 +366,10 @@ class Service:
         return (await self.snapshot()).as_json()
 
     def _warnings(self) -> list[str | None]:
+        node = [self._keys_refused, restart_warning(self._restart_needed)]
         if self.pull is not None:
-            return [self.pull.warning()]
-        return [dirty_warning(self.controller.git)]
+            return [self.pull.warning(), *node]
+        return [dirty_warning(self.controller.git), *node]
 
     def _ops_status(self) -> dict[str, Any]:
         """Where the manifests in force come from (pull mode), and the webhooks' deliveries."""
@@ -471,7 +529,7 @@ class Service:
         records, self._records = self._records, []
         store = self.controller.store
         if records:
-            await store.add_requests(asdict(r) for r in records)
+            await store.add_request_rows(records)  # RequestRecords are rows already
         used = self.activity.take_dirty()
         if used:
             await store.set_last_used(used)

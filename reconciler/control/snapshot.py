@@ -127,9 +127,13 @@ class Snapshot:
 
 
 def readiness(engine: Engine) -> tuple[bool, str]:
-    """``/readyz``: not before the first pass, nor with a runtime or the manifests unreadable."""
+    """``/readyz``: not before the first pass, nor with a runtime or the manifests unreadable,
+    nor with the state database damaged (a table that no longer reads or writes)."""
     if engine.passes == 0:
         return False, "first reconcile pass not done yet"
+    fault = engine.controller.store.fault
+    if fault is not None:
+        return False, f"{fault}: stop modelplane and run `modelplane reset-db`"
     if engine.unavailable:
         why = "; ".join(f"{r}: {m}" for r, m in engine.unavailable.items())
         return False, f"runtime unavailable: {why}"

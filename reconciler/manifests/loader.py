@@ -3,11 +3,15 @@
 ruamel.yaml's round-trip loader remembers where every key and value sits, so a pydantic error's
 location (``spec.stayWarm``) can be turned into ``path:line:col``. Cross-document checks and the
 "last valid version" fallback live in :mod:`reconciler.manifests`; this module only reads.
+
+Reading is bounded (:mod:`.limits`) and touches no shared state, so the service runs it in a
+worker thread: a slow or hostile file never holds up the proxy's event loop.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import types
 import typing
 from collections.abc import Iterator
@@ -16,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from .limits import Limits
 from .schema import API_VERSION, KINDS, Document
+from .yamldocs import Refused, load_documents
 
 
 @dataclass(frozen=True, order=True)
@@ -75,44 +80,103 @@ class RawDocument:
 
 @dataclass
 class ManifestFile:
-    """A file and what it held; ``parse_error`` set means nothing in it could be read."""
+    """A file and what it held; ``parse_error`` set means nothing in it could be read.
+
+    ``directory``: the path is a folder that could not be listed (or the limits could not be
+    read), so every document last seen under it is unknown now, not gone.
+    """
 
     path: str
     documents: list[RawDocument] = field(default_factory=list)
     parse_error: ManifestError | None = None
+    directory: bool = False
+
+    def holds(self, path: str) -> bool:
+        """Whether a document remembered at ``path`` came from here."""
+        return path == self.path or (self.directory and path.startswith(self.path + os.sep))
 
 
-def manifest_paths(root: Path) -> list[Path]:
-    """Every ``*.yaml``/``*.yml`` under ``root``, recursively, in a stable order."""
-    paths = [p for p in root.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()]
-    # Hidden files and folders under root (.git, .github/workflows/*.yml) are not manifests.
-    return sorted(
-        p for p in paths if not any(part.startswith(".") for part in p.relative_to(root).parts)
-    )
+def manifest_paths(root: Path, unreadable: list[tuple[Path, OSError]] | None = None) -> list[Path]:
+    """Every ``*.yaml``/``*.yml`` under ``root``, recursively, in a stable order.
+
+    Hidden files and folders under ``root`` (``.git``, ``.github/workflows/*.yml``) are not
+    manifests. A folder that cannot be listed is appended to ``unreadable`` (never skipped
+    silently: what it held must stay in force). Symlinked folders are not followed.
+    """
+    found: list[Path] = []
+
+    def failed(exc: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append((Path(exc.filename or root), exc))
+
+    for folder, dirnames, filenames in os.walk(root, onerror=failed):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            path = Path(folder, name)
+            if name.startswith(".") or path.suffix not in (".yaml", ".yml"):
+                continue
+            if path.is_file():
+                found.append(path)
+    return sorted(found)
 
 
-def read_directory(root: Path) -> list[ManifestFile]:
-    """Read and validate every manifest file under ``root`` (which must be a directory)."""
+def read_directory(root: Path, limits: Limits | None = None) -> list[ManifestFile]:
+    """Read and validate every manifest file under ``root`` (which must be a directory).
+
+    An unreadable file or folder is a :class:`ManifestFile` with ``parse_error`` set. Safe to
+    call from a worker thread (``asyncio.to_thread``): it shares no state with its caller.
+    """
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: manifest directory does not exist or is not a directory")
-    return [read_file(path, display=str(path)) for path in manifest_paths(root)]
+    if limits is None:
+        try:
+            limits = Limits.from_environ()
+        except ValueError as exc:  # nothing can be read: everything under root stays in force
+            return [_unreadable_folder(root, str(exc))]
+    unreadable: list[tuple[Path, OSError]] = []
+    paths = manifest_paths(root, unreadable)
+    files = [read_file(path, display=str(path), limits=limits) for path in paths]
+    for folder, exc in unreadable:
+        files.append(_unreadable_folder(folder, f"cannot read this folder: {_reason(exc)}"))
+    return sorted(files, key=lambda f: f.path)
 
 
-def read_file(path: Path, display: str | None = None) -> ManifestFile:
+def read_file(path: Path, display: str | None = None, limits: Limits | None = None) -> ManifestFile:
+    """Read one file, refusing one larger than ``limits.file_bytes`` before reading it."""
     shown = display or str(path)
+    limits = limits or Limits()
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            data = b"" if size > limits.file_bytes else handle.read(limits.file_bytes + 1)
+        size = max(size, len(data))  # (it may have grown since fstat)
+        if size > limits.file_bytes:
+            message = limits.file_too_large(size)
+            return ManifestFile(shown, parse_error=ManifestError(shown, 1, 1, "", "", message))
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return ManifestFile(shown, parse_error=ManifestError(shown, 1, 1, "", "", str(exc)))
-    return parse_text(text, shown)
+        message = _reason(exc) if isinstance(exc, OSError) else str(exc)
+        return ManifestFile(shown, parse_error=ManifestError(shown, 1, 1, "", "", message))
+    return parse_text(text, shown, limits)
 
 
-def parse_text(text: str, path: str) -> ManifestFile:
-    """Parse a file's text; one YAML syntax error makes the whole file unreadable."""
+def _unreadable_folder(folder: Path, message: str) -> ManifestFile:
+    shown = str(folder)
+    error = ManifestError(shown, 1, 1, "", "", message)
+    return ManifestFile(shown, parse_error=error, directory=True)
+
+
+def _reason(exc: OSError) -> str:
+    """``Permission denied`` rather than ``[Errno 13] Permission denied: '/the/same/path'``."""
+    return exc.strerror or str(exc)
+
+
+def parse_text(text: str, path: str, limits: Limits | None = None) -> ManifestFile:
+    """Parse a file's text; one YAML syntax error makes the whole file unreadable, while a
+    document beyond ``limits`` (too deep, an alias bomb) is an error of that document only."""
     result = ManifestFile(path)
-    yaml = YAML(typ="rt")
     try:
-        loaded = list(yaml.load_all(text))
+        loaded = load_documents(text, limits or Limits())
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -124,6 +188,11 @@ def parse_text(text: str, path: str) -> ManifestFile:
         return result
     starts = _document_starts(text)
     for index, data in enumerate(d for d in loaded if d is not None):
+        if isinstance(data, Refused):
+            raw = RawDocument(path, index, data.line, data.col, None)
+            raw.error(data.message)
+            result.documents.append(raw)
+            continue
         line, col = _position(data)
         if line is None:
             line, col = (starts[index] if index < len(starts) else 1), 1

@@ -126,7 +126,7 @@ def resolve(
     for mfile in files:
         if mfile.parse_error:
             result.errors.append(mfile.parse_error)
-            candidates += _fallbacks(last, mfile.path, set(), mfile.parse_error)
+            candidates += _fallbacks(last, mfile, set(), mfile.parse_error)
             continue
         result.documents_seen += len(mfile.documents)
         present: set[Key] = set()
@@ -146,9 +146,23 @@ def resolve(
                 unnamed_error = unnamed_error or raw.errors[0]
         if unnamed_error:
             # A broken document we cannot name may be any one this file held: keep them all.
-            candidates += _fallbacks(last, mfile.path, present, unnamed_error)
+            candidates += _fallbacks(last, mfile, present, unnamed_error)
     _cross_check(candidates, last, result, set(gpu_indices) if gpu_indices is not None else None)
     result.errors.sort()
+    return result
+
+
+def last_set(
+    last: Mapping[Key, StoredDocument],
+    reason: ManifestError,
+    gpu_indices: Iterable[int] | None = None,
+) -> ManifestSet:
+    """Every last valid document, each ``Stale`` with ``reason``: what stays in force while
+    the directory holds no Model at all (emptied, or unreadable), so the prune guard keeps the
+    whole set — routing included — instead of an empty one. Pure."""
+    result = ManifestSet(errors=[reason])
+    candidates = [item for _, stored in sorted(last.items()) if (item := _fallback(stored, reason))]
+    _cross_check(candidates, last, result, set(gpu_indices) if gpu_indices is not None else None)
     return result
 
 
@@ -166,11 +180,12 @@ def _fallback(stored: StoredDocument, error: ManifestError) -> InForce | None:
 
 
 def _fallbacks(
-    last: Mapping[Key, StoredDocument], path: str, present: set[Key], error: ManifestError
+    last: Mapping[Key, StoredDocument], mfile: ManifestFile, present: set[Key], error: ManifestError
 ) -> list[InForce]:
+    """The last valid versions of what ``mfile`` (a file, or an unreadable folder) held."""
     kept = []
     for key, stored in sorted(last.items()):
-        if stored.path == path and key not in present:
+        if mfile.holds(stored.path) and key not in present:
             item = _fallback(stored, error)
             if item:
                 kept.append(item)

@@ -7,6 +7,7 @@ the JSON Schema still shows them as the strings people write.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -51,12 +52,35 @@ Size = Annotated[
         }
     ),
 ]
+NAME_PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+NAME_RULE = "up to 100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+ALIAS_RULE = f"{NAME_RULE}; '/' may join such parts (as in Qwen/Qwen2.5-7B-Instruct)"
+
+
+def _matching(pattern: str, what: str, rule: str) -> AfterValidator:
+    """A check with a message people can act on (pydantic's own says only "should match
+    pattern"); the JSON Schema keeps the pattern for editors."""
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if len(value) > 100 or not compiled.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid {what}: use {rule}")
+        return value
+
+    return AfterValidator(check)
+
+
+# Model names are also file, container and URL path names: no '/'. Aliases are only routed.
 Name = Annotated[
     str,
-    Field(
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        max_length=100,
-        description="Letters, digits, '.', '_' and '-'; starts with a letter or digit.",
+    _matching(NAME_PART, "name", NAME_RULE),
+    WithJsonSchema({"type": "string", "pattern": f"^{NAME_PART}$", "maxLength": 100}),
+]
+Alias = Annotated[
+    str,
+    _matching(f"{NAME_PART}(/{NAME_PART})*", "alias", ALIAS_RULE),
+    WithJsonSchema(
+        {"type": "string", "pattern": f"^{NAME_PART}(/{NAME_PART})*$", "maxLength": 100}
     ),
 ]
 
@@ -145,9 +169,18 @@ class ModelSpec(Strict):
     pin: bool = False
     stay_warm: Duration = 900.0
     priority: Priority = "normal"
-    aliases: list[str] = Field(default_factory=list)
+    aliases: list[Alias] = Field(default_factory=list)
     max_concurrency: int = Field(8, ge=1)
     startup_timeout: Duration = 600.0
+    request_timeout: Duration = Field(
+        600.0,
+        description="Longest wait for the first byte of a backend's answer; then 504. 0 = none.",
+    )
+    idle_timeout: Duration = Field(
+        300.0,
+        description="Longest silence between two chunks of an answer; then 504 (or an error "
+        "event in a stream). 0 = none.",
+    )
     runtime: RuntimeName | None = Field(None, description="Overrides Node.runtime.")
     image_pull: ImagePull | None = None
     container: ContainerSpec | None = None
@@ -189,7 +222,7 @@ class StaticGpu(Strict):
 
 class ApiKeySpec(Strict):
     name: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="modelplane hash-key KEY")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="modelplane hash-key < keyfile")
     models: list[str] = Field(default_factory=lambda: ["*"], description="fnmatch globs")
 
 

@@ -60,10 +60,15 @@ Cli = Callable[..., CliResult]
 
 @pytest.fixture
 def cli(tmp_path: Path, state_dir: Path) -> Cli:
-    """``cli("apply", dir)`` runs ``python -m reconciler.cli apply dir`` in a new process."""
+    """``cli("apply", dir)`` runs ``python -m reconciler.cli apply dir`` in a new process
+    (``stdin=``, ``prefix=``: see :func:`run_cli`)."""
 
-    def run(*args: str | Path, timeout: float = 60, env: dict[str, str] | None = None) -> CliResult:
-        return run_cli(*args, cwd=tmp_path, state_dir=state_dir, env=env, timeout=timeout)
+    def run(
+        *args: str | Path, timeout: float = 60, env: dict[str, str] | None = None, **options: Any
+    ) -> CliResult:
+        return run_cli(
+            *args, cwd=tmp_path, state_dir=state_dir, env=env, timeout=timeout, **options
+        )
 
     return run
 

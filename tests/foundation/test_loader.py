@@ -8,7 +8,7 @@ import pytest
 
 from reconciler.manifests.engines import BUILTIN_ENGINES
 from reconciler.manifests.loader import manifest_paths
-from reconciler.manifests.manifest_set import ManifestSet, load
+from reconciler.manifests.manifest_set import InForce, ManifestSet, load
 from reconciler.manifests.schema import EngineSpec, ModelDoc
 
 from .conftest import ManifestDir, fake_engine_doc, model_doc
@@ -67,124 +67,149 @@ def test_invalid_yaml_points_at_the_offending_character(manifests: ManifestDir) 
     assert "YAML syntax:" in error
 
 
-def test_a_duplicate_key_makes_the_file_unreadable(manifests: ManifestDir) -> None:
-    manifests.write("m.yaml", MODEL + "  pin: true\n  pin: false\n")
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:9:3: YAML syntax: while constructing a mapping "
-        'found duplicate key "pin" with value "False" (original value: "True")'
-    )
+def _doc(spec: str, metadata: str = "{name: qwen}", kind: str = "Model") -> str:
+    return f"apiVersion: modelplane/v1\nkind: {kind}\nmetadata: {metadata}\nspec:\n{spec}"
 
 
-def test_unknown_field_suggests_the_right_one(manifests: ManifestDir) -> None:
-    manifests.write("m.yaml", MODEL + "  stayWarn: 10m\n")
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:8:3: Model/qwen: "
-        "unknown field spec.stayWarn (did you mean stayWarm?)"
-    )
+# (what m.yaml holds, its one error as "line:col: message")
+ONE_ERROR = {
+    "duplicate key": (
+        MODEL + "  pin: true\n  pin: false\n",
+        "9:3: YAML syntax: while constructing a mapping "
+        'found duplicate key "pin" with value "False" (original value: "True")',
+    ),
+    "unknown field": (
+        MODEL + "  stayWarn: 10m\n",
+        "8:3: Model/qwen: unknown field spec.stayWarn (did you mean stayWarm?)",
+    ),
+    "unknown nested field": (
+        _doc("  source:\n    huggingface:\n      repo: Qwen/Q-GGUF\n      revison: main\n"),
+        "8:7: Model/qwen: unknown field spec.source.huggingface.revison (did you mean revision?)",
+    ),
+    "unknown field, no close match": (
+        MODEL + "  zzzzzz: 1\n",
+        "8:3: Model/qwen: unknown field spec.zzzzzz",
+    ),
+    "missing field": (
+        _doc("  engine: llama-server\n"),
+        "4:1: Model/qwen: missing field spec.source",
+    ),
+    "missing name": (
+        _doc("  command: [x]\n", metadata="\n  labels: {a: b}", kind="Engine"),
+        "3:1: Engine/?: missing field metadata.name",
+    ),
+    "not an integer": (
+        MODEL + "  maxConcurrency: many\n",
+        "8:19: Model/qwen: spec.maxConcurrency: should be a valid integer, "
+        "unable to parse string as an integer (got 'many')",
+    ),
+    "not a boolean": (
+        MODEL + "  pin: maybe\n",
+        "8:8: Model/qwen: spec.pin: should be a valid boolean, "
+        "unable to interpret input (got 'maybe')",
+    ),
+    "not a list": (
+        MODEL + "  args: --ctx-size 8192\n",
+        "8:9: Model/qwen: spec.args: should be a valid list (got '--ctx-size 8192')",
+    ),
+    "not a choice": (
+        MODEL + "  priority: highest\n",
+        "8:13: Model/qwen: spec.priority: "
+        "should be 'urgent', 'high', 'normal', 'low' or 'batch' (got 'highest')",
+    ),
+    "bad duration": (
+        MODEL + "  stayWarm: 10 minutes\n",
+        "8:13: Model/qwen: spec.stayWarm: not a duration: "
+        "'10 minutes' (use a number with a unit: 90s, 15m, 2h, 1h30m, or 0)",
+    ),
+    "bad size": (
+        MODEL + "  vram: 6GX\n",
+        "8:9: Model/qwen: spec.vram: not a size: '6GX' "
+        "(use a number with a unit: 512MiB, 6GiB, 24GB)",
+    ),
+    "unknown kind": (
+        MODEL.replace("kind: Model", "kind: Modle"),
+        "2:1: unknown kind 'Modle' (did you mean Model?) (one of Model, Engine, Node)",
+    ),
+    "missing kind": (
+        MODEL.replace("kind: Model\n", ""),
+        "1:1: missing field 'kind' (one of Model, Engine, Node)",
+    ),
+    "wrong apiVersion": (
+        MODEL.replace("modelplane/v1", "modelplane/v2"),
+        "1:13: Model/qwen: apiVersion must be 'modelplane/v1', got 'modelplane/v2'",
+    ),
+    "missing apiVersion, reported once": (
+        MODEL.replace("apiVersion: modelplane/v1\n", ""),
+        "1:1: Model/qwen: apiVersion must be 'modelplane/v1'",
+    ),
+    "source naming no kind": (
+        _doc("  source: {prefetch: false}\n"),
+        "5:11: Model/qwen: spec.source: "
+        "source names no kind: give exactly one of huggingface, path",
+    ),
+    "source naming two kinds": (
+        _doc("  source: {path: /x, huggingface: {repo: a/b}}\n"),
+        "5:11: Model/qwen: spec.source: "
+        "source names two kinds (huggingface and path): give exactly one",
+    ),
+    "a document that is not a mapping": (
+        MODEL + "---\n- just\n- a list\n",
+        "9:1: a manifest document must be a mapping, not a list",
+    ),
+    "a name with a space": (
+        MODEL.replace("name: qwen", "name: 'q wen'"),
+        "4:9: Model/q wen: metadata.name: 'q wen' is not a valid name: use up to 100 letters, "
+        "digits, '.', '_' or '-', starting with a letter or digit",
+    ),
+    "a name with a slash (aliases may have one, names not)": (
+        MODEL.replace("name: qwen", "name: Qwen/Qwen2.5"),
+        "4:9: Model/Qwen/Qwen2.5: metadata.name: 'Qwen/Qwen2.5' is not a valid name: use up to "
+        "100 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    ),
+}
 
-
-def test_unknown_nested_field_suggests_the_right_one(manifests: ManifestDir) -> None:
-    manifests.write(
-        "m.yaml",
-        """\
-        apiVersion: modelplane/v1
-        kind: Model
-        metadata: {name: qwen}
-        spec:
-          source:
-            huggingface:
-              repo: Qwen/Qwen2.5-7B-Instruct-GGUF
-              revison: main
-        """,
-    )
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:8:7: Model/qwen: "
-        "unknown field spec.source.huggingface.revison (did you mean revision?)"
-    )
-
-
-def test_unknown_field_without_a_close_match_has_no_hint(manifests: ManifestDir) -> None:
-    manifests.write("m.yaml", MODEL + "  zzzzzz: 1\n")
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:8:3: Model/qwen: unknown field spec.zzzzzz"
-    )
-
-
-def test_missing_field(manifests: ManifestDir) -> None:
-    manifests.write(
-        "m.yaml",
-        """\
-        apiVersion: modelplane/v1
-        kind: Model
-        metadata: {name: qwen}
-        spec:
-          engine: llama-server
-        """,
-    )
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:4:1: Model/qwen: missing field spec.source"
-    )
-
-
-def test_missing_name(manifests: ManifestDir) -> None:
-    manifests.write(
-        "m.yaml",
-        """\
-        apiVersion: modelplane/v1
-        kind: Engine
-        metadata:
-          labels: {a: b}
-        spec: {command: [x]}
-        """,
-    )
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:3:1: Engine/?: missing field metadata.name"
-    )
-
-
-@pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        (
-            "  maxConcurrency: many",
-            "8:19: Model/qwen: spec.maxConcurrency: should be a valid integer, "
-            "unable to parse string as an integer (got 'many')",
-        ),
-        (
-            "  pin: maybe",
-            "8:8: Model/qwen: spec.pin: should be a valid boolean, "
-            "unable to interpret input (got 'maybe')",
-        ),
-        (
-            "  args: --ctx-size 8192",
-            "8:9: Model/qwen: spec.args: should be a valid list (got '--ctx-size 8192')",
-        ),
-        (
-            "  priority: highest",
-            "8:13: Model/qwen: spec.priority: "
-            "should be 'urgent', 'high', 'normal', 'low' or 'batch' (got 'highest')",
-        ),
-    ],
+ALIAS_RULE = (
+    "use up to 100 letters, digits, '.', '_' or '-', starting with a letter or digit; "
+    "'/' may join such parts (as in Qwen/Qwen2.5-7B-Instruct)"
 )
-def test_wrong_type(manifests: ManifestDir, line: str, expected: str) -> None:
-    manifests.write("m.yaml", MODEL + line + "\n")
+
+
+@pytest.mark.parametrize(("text", "expected"), ONE_ERROR.values(), ids=ONE_ERROR.keys())
+def test_one_error_at_its_position(manifests: ManifestDir, text: str, expected: str) -> None:
+    manifests.write("m.yaml", text)
     assert only_error(manifests) == f"{manifests.path('m.yaml')}:{expected}"
 
 
-def test_bad_duration(manifests: ManifestDir) -> None:
-    manifests.write("m.yaml", MODEL + "  stayWarm: 10 minutes\n")
+@pytest.mark.parametrize(
+    ("written", "alias"),
+    [
+        ('""', ""),
+        ('" "', " "),
+        ('"a\\r\\nb"', "a\r\nb"),
+        ("a/../../b", "a/../../b"),
+        ("/abs", "/abs"),
+        ("a//b", "a//b"),
+        ("'q\"uote'", 'q"uote'),
+        ("x" * 101, "x" * 101),
+    ],
+)
+def test_aliases_follow_the_rules_of_names(
+    manifests: ManifestDir, written: str, alias: str
+) -> None:
+    manifests.write("m.yaml", MODEL + f"  aliases: [ok, {written}]\n")
     assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:8:13: Model/qwen: spec.stayWarm: not a duration: "
-        "'10 minutes' (use a number with a unit: 90s, 15m, 2h, 1h30m, or 0)"
+        f"{manifests.path('m.yaml')}:8:17: Model/qwen: spec.aliases.1: "
+        f"{alias!r} is not a valid alias: {ALIAS_RULE}"
     )
 
 
-def test_bad_size(manifests: ManifestDir) -> None:
-    manifests.write("m.yaml", MODEL + "  vram: 6GX\n")
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:8:9: Model/qwen: spec.vram: not a size: '6GX' "
-        "(use a number with a unit: 512MiB, 6GiB, 24GB)"
-    )
+def test_an_alias_may_name_a_hub_repo(manifests: ManifestDir) -> None:
+    manifests.write("m.yaml", MODEL + "  aliases: [Qwen/Qwen2.5-7B-Instruct, gpt-4o-mini]\n")
+    result = load(manifests.root)
+    assert errors(result) == []
+    spec = result.models["qwen"].doc.spec
+    assert spec.aliases == ["Qwen/Qwen2.5-7B-Instruct", "gpt-4o-mini"]
 
 
 def test_good_durations_and_sizes_are_converted(manifests: ManifestDir) -> None:
@@ -195,67 +220,6 @@ def test_good_durations_and_sizes_are_converted(manifests: ManifestDir) -> None:
     assert (spec.stay_warm, spec.startup_timeout, spec.vram) == (5400.0, 0.0, 6 * 2**30)
 
 
-def test_unknown_kind(manifests: ManifestDir) -> None:
-    manifests.write("m.yaml", MODEL.replace("kind: Model", "kind: Modle"))
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:2:1: unknown kind 'Modle' (did you mean Model?) "
-        "(one of Model, Engine, Node)"
-    )
-
-
-def test_missing_kind(manifests: ManifestDir) -> None:
-    manifests.write("m.yaml", MODEL.replace("kind: Model\n", ""))
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:1:1: missing field 'kind' (one of Model, Engine, Node)"
-    )
-
-
-def test_wrong_api_version(manifests: ManifestDir) -> None:
-    manifests.write("m.yaml", MODEL.replace("modelplane/v1", "modelplane/v2"))
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:1:13: Model/qwen: "
-        "apiVersion must be 'modelplane/v1', got 'modelplane/v2'"
-    )
-
-
-def test_missing_api_version_is_reported_once(manifests: ManifestDir) -> None:
-    manifests.write("m.yaml", MODEL.replace("apiVersion: modelplane/v1\n", ""))
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:1:1: Model/qwen: apiVersion must be 'modelplane/v1'"
-    )
-
-
-def test_source_naming_no_kind(manifests: ManifestDir) -> None:
-    manifests.write(
-        "m.yaml",
-        "apiVersion: modelplane/v1\nkind: Model\nmetadata: {name: qwen}\n"
-        "spec:\n  source: {prefetch: false}\n",
-    )
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:5:11: Model/qwen: spec.source: "
-        "source names no kind: give exactly one of huggingface, path"
-    )
-
-
-def test_source_naming_two_kinds(manifests: ManifestDir) -> None:
-    manifests.write(
-        "m.yaml",
-        "apiVersion: modelplane/v1\nkind: Model\nmetadata: {name: qwen}\nspec:\n"
-        "  source: {path: /x, huggingface: {repo: a/b}}\n",
-    )
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:5:11: Model/qwen: spec.source: "
-        "source names two kinds (huggingface and path): give exactly one"
-    )
-
-
-def test_document_that_is_not_a_mapping(manifests: ManifestDir) -> None:
-    manifests.write("m.yaml", MODEL, "- just\n- a list\n")
-    assert only_error(manifests) == (
-        f"{manifests.path('m.yaml')}:9:1: a manifest document must be a mapping, not a list"
-    )
-
-
 def test_one_document_reports_all_its_errors(manifests: ManifestDir) -> None:
     manifests.write("m.yaml", MODEL + "  stayWarn: 10m\n  vram: lots\n  pin: maybe\n")
     found = errors(load(manifests.root))
@@ -264,6 +228,113 @@ def test_one_document_reports_all_its_errors(manifests: ManifestDir) -> None:
         ["9", "9"],
         ["10", "8"],
     ]
+
+
+# --- limits: depth, alias bombs, file size ------------------------------------------------------
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_a_document_nested_too_deep_is_an_error_of_that_document_only(
+    manifests: ManifestDir,
+) -> None:
+    """300 levels used to raise RecursionError out of the loader (and jam the service)."""
+    manifests.write(
+        "m.yaml",
+        model_doc("before", engine="llama-server"),
+        MODEL + f"  env: {_nested(300)}\n",
+        model_doc("after", engine="llama-server"),
+    )
+    result = load(manifests.root)
+    assert errors(result) == [f"{manifests.path('m.yaml')}:13:70: nested deeper than 64 levels"]
+    assert sorted(result.models) == ["after", "before"]
+
+
+def test_nesting_within_the_limit_is_read(manifests: ManifestDir) -> None:
+    manifests.write("m.yaml", MODEL + f"  container: {{extraArgs: {{x: {_nested(50)}}}}}\n")
+    assert errors(load(manifests.root)) == []
+
+
+def _bomb(levels: int) -> str:
+    """The "billion laughs": each level is nine aliases of the one before."""
+    lines = ["    x0: &x0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, levels + 1):
+        lines.append(f"    x{i}: &x{i} [{', '.join([f'*x{i - 1}'] * 9)}]")
+    return MODEL + "  container:\n   extraArgs:\n" + "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_before_it_expands(manifests: ManifestDir) -> None:
+    text = _bomb(9)  # 9**10 values once expanded; about 600 bytes as written
+    assert len(text) < 1000
+    manifests.write("m.yaml", text, model_doc("fine", engine="llama-server"))
+    result = load(manifests.root)
+    assert errors(result) == [
+        f"{manifests.path('m.yaml')}:1:1: holds more than 10000 values once its aliases are "
+        "expanded (an alias bomb?)"
+    ]
+    assert sorted(result.models) == ["fine"]
+
+
+def test_aliases_within_the_limit_are_expanded(manifests: ManifestDir) -> None:
+    manifests.write("m.yaml", _bomb(2))  # 1 + 9 + 81 + 729 values
+    result = load(manifests.root)
+    assert errors(result) == []
+    extra = result.models["qwen"].doc.spec.container.extra_args
+    assert extra["x2"][8][8] == ["lol"] * 9
+
+
+def test_an_alias_that_contains_itself_is_an_error(manifests: ManifestDir) -> None:
+    manifests.write("m.yaml", MODEL + "  container: {extraArgs: &a {x: *a}}\n")
+    assert only_error(manifests) == (
+        f"{manifests.path('m.yaml')}:8:26: an alias refers to a value that contains it"
+    )
+
+
+def test_aliases_cannot_nest_deeper_than_the_limit(manifests: ManifestDir) -> None:
+    """Each anchor is shallow, but each one nests the one before 40 levels down."""
+    lines = [f"    a0: &a0 {_nested(40)}"]
+    for i in range(1, 4):
+        lines.append(f"    a{i}: &a{i} {'[' * 40}*a{i - 1}{']' * 40}")
+    manifests.write("m.yaml", MODEL + "  container:\n   extraArgs:\n" + "\n".join(lines) + "\n")
+    [error] = errors(load(manifests.root))
+    assert error.endswith("nested deeper than 64 levels (through aliases)")
+
+
+def test_a_file_larger_than_the_limit_is_not_read(
+    manifests: ManifestDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifests.write("big.yaml", MODEL + "#" * 2**20 + "\n")
+    manifests.write("small.yaml", model_doc("small", engine="llama-server"))
+    result = load(manifests.root)
+    assert errors(result) == [
+        f"{manifests.path('big.yaml')}:1:1: file is 1.0 MiB, more than the 1.0 MiB a manifest "
+        "file may hold (raise it with MODELPLANE_MAX_MANIFEST_SIZE)"
+    ]
+    assert sorted(result.models) == ["small"]
+    monkeypatch.setenv("MODELPLANE_MAX_MANIFEST_SIZE", "2MiB")
+    result = load(manifests.root)
+    assert errors(result) == []
+    assert sorted(result.models) == ["qwen", "small"]
+
+
+def test_a_bad_size_limit_keeps_everything_in_force(
+    manifests: ManifestDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifests.write("a.yaml", model_doc("a", engine="llama-server"))
+    last = {key: item.stored() for key, item in _in_force(load(manifests.root)).items()}
+    monkeypatch.setenv("MODELPLANE_MAX_MANIFEST_SIZE", "lots")
+    result = load(manifests.root, last)
+    assert errors(result) == [
+        f"{manifests.root}:1:1: MODELPLANE_MAX_MANIFEST_SIZE='lots': not a size: 'lots' "
+        "(use a number with a unit: 512MiB, 6GiB, 24GB)"
+    ]
+    assert result.models["a"].stale is not None
+
+
+def _in_force(result: ManifestSet) -> dict[tuple[str, str], InForce]:
+    return {(i.kind, i.name): i for i in result.in_force()}
 
 
 # --- cross-document errors ----------------------------------------------------------------------

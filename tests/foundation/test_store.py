@@ -16,6 +16,7 @@ import pytest
 from reconciler.manifests.manifest_set import StoredDocument
 from reconciler.state import store as store_module
 from reconciler.state.store import MIGRATIONS, Store
+from tests.helpers.database import damage_table
 
 from .conftest import REPO
 
@@ -144,6 +145,34 @@ async def test_model_state_activity_and_requests(store: Store) -> None:
     assert (await store.request_count(), await store.request_count("a")) == (2, 1)
 
 
+async def test_request_records_are_written_as_they_are(store: Store) -> None:
+    """The proxy's RequestRecords go in as one batch: every value, type and the order kept."""
+    from proxy.gateway import RequestRecord
+
+    records = [
+        RequestRecord(
+            1796103954.2778676,
+            "10.0.0.7",
+            "mödel",
+            "/v1/chat/completions",
+            200,
+            0.0012345,
+            None,
+            6,
+            None,
+        ),
+        RequestRecord(2.0, "", "", "/v1/x", 499, 1e-07, 0.5, None, 4),
+    ]
+    await store.add_request_rows(records)
+    rows = sql(
+        store.path,
+        "SELECT time, client, model, path, status, latency, ttft, prompt_tokens,"
+        " completion_tokens, typeof(time), typeof(status) FROM requests ORDER BY id",
+    )
+    assert [row[:9] for row in rows] == [tuple(r) for r in records]
+    assert [row[9:] for row in rows] == [("real", "integer")] * 2
+
+
 async def test_a_closed_store_says_so(tmp_path: Path) -> None:
     opened = await Store.open(tmp_path / "x.db")
     await opened.close()
@@ -206,3 +235,15 @@ async def test_a_crash_mid_write_loses_nothing_committed(tmp_path: Path) -> None
         # replace_documents is one transaction: all 20 of one pass, never a mix or a half.
         assert len(documents) == 20
         assert len({d.body["i"] for d in documents.values()}) == 1
+
+
+async def test_damage_found_after_open_is_kept_as_the_stores_fault(store: Store) -> None:
+    for i in range(50):
+        await store.add_event("Note", f"event {i}")
+    assert store.fault is None
+    damage_table(store.path, "events")
+    with pytest.raises(sqlite3.DatabaseError):
+        await store.events()
+    assert store.fault is not None
+    assert store.fault.startswith(f"the state database {store.path} is corrupt")
+    assert "-damage-" in await store.last_used()  # the other tables still serve

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,19 +35,23 @@ def run_cli(
     env: dict[str, str] | None = None,
     timeout: float = 60,
     inherit: bool = True,
+    stdin: str | None = None,
+    prefix: Sequence[str] = (),
 ) -> CliResult:
     """``modelplane ARGS`` with the repo importable, wide tables (rich wraps at the terminal's
     width) and ``MODELPLANE_STATE_DIR``; ``env`` is laid over this process's environment (or
-    over nothing but PATH-like basics when ``inherit`` is false and ``env`` is complete)."""
+    over nothing but PATH-like basics when ``inherit`` is false and ``env`` is complete).
+    ``stdin``: what the command reads (else nothing); ``prefix``: a command it runs under."""
     environment = {**os.environ} if inherit else {}
     environment.update(PYTHONPATH=str(REPO), COLUMNS="250")
     if state_dir is not None:
         environment["MODELPLANE_STATE_DIR"] = str(state_dir)
     environment.update(env or {})
     done = subprocess.run(
-        [sys.executable, "-m", "reconciler.cli", *map(str, args)],
+        [*prefix, sys.executable, "-m", "reconciler.cli", *map(str, args)],
         cwd=cwd,
         env=environment,
+        input=stdin if stdin is not None else "",
         capture_output=True,
         text=True,
         timeout=timeout,

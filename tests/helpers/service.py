@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -173,15 +174,20 @@ def start_service(
     wait: bool = True,
     timeout: float = 30.0,
     api_key: str | None = None,
+    prefix: Sequence[str] = (),
 ) -> ServiceProcess:
     """Start ``modelplane run manifest_dir`` on 127.0.0.1 and wait for /readyz (``wait``).
-    ``api_key``: sent with the helper's own requests (for a Node with apiKeys)."""
+    ``api_key``: sent with the helper's own requests (for a Node with apiKeys); ``prefix``: a
+    command it runs under (tests/helpers/privileges.py)."""
     port = port or free_port()
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir.parent / f"modelplane-run-{port}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            modelplane_command("run", manifest_dir, "--listen", f"127.0.0.1:{port}", *args),
+            [
+                *prefix,
+                *modelplane_command("run", manifest_dir, "--listen", f"127.0.0.1:{port}", *args),
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=service_env(state_dir, env),

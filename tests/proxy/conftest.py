@@ -48,17 +48,21 @@ MakeProxy = Callable[..., Proxy]
 
 @pytest.fixture
 def make_proxy() -> Iterator[MakeProxy]:
-    """``make_proxy(models, settings=None, keys=None)``: a fresh proxy; stopped (with its
-    backends) when the test ends."""
+    """``make_proxy(models, settings=None, keys=None, native=True)``: a fresh proxy; stopped
+    (with its backends) when the test ends. ``native=False`` serves it with uvicorn's own
+    protocol (the app's ASGI routes) instead of the proxy's."""
     made: list[Proxy] = []
 
     def make(
         models: list[FakeModel],
         settings: ProxySettings | None = None,
         keys: list[ApiKey] | None = None,
+        native: bool = True,
     ) -> Proxy:
         gateway = FakeGateway(models, keys)
-        server = ProxyServer(lambda lifespan: create_app(gateway, settings, lifespan=lifespan))
+        server = ProxyServer(
+            lambda lifespan: create_app(gateway, settings, lifespan=lifespan), native=native
+        )
         proxy = Proxy(server.start(), gateway)
         made.append(proxy)
         return proxy

@@ -46,6 +46,7 @@ class FakeGateway:
         self.in_flight: Counter[str] = Counter()
         self.unbalanced: list[str] = []  # end_request without a begin_request
         self.failures: list[tuple[str, str]] = []
+        self.timeouts: list[tuple[str, str]] = []
         self.records: list[RequestRecord] = []
         self.warm: list[tuple[str, float]] = []  # stay_warm calls (x_stay_warm)
         self.ready: tuple[bool, str] = (True, "first pass done")
@@ -152,6 +153,9 @@ class FakeGateway:
         self.failures.append((model, reason))
         self.failed[model] = reason
 
+    def request_timed_out(self, model: str, message: str) -> None:
+        self.timeouts.append((model, message))
+
     def record_request(self, record: RequestRecord) -> None:
         self.records.append(record)
 
@@ -182,13 +186,18 @@ class FakeGateway:
         return chosen[-limit:]
 
     async def follow_events(self) -> AsyncIterator[dict[str, Any]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._subscribers.append(queue)
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._subscribers.append(queue)  # type: ignore[arg-type]
         try:
-            while True:
-                yield await queue.get()
+            while (event := await queue.get()) is not None:
+                yield event
         finally:
-            self._subscribers.remove(queue)
+            self._subscribers.remove(queue)  # type: ignore[arg-type]
+
+    def end_followers(self) -> None:
+        """End every follow stream (as the real gateway does when modelplane stops)."""
+        for queue in self._subscribers:
+            queue.put_nowait(None)  # type: ignore[arg-type]
 
     @property
     def followers(self) -> int:

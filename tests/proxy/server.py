@@ -14,12 +14,18 @@ from typing import Any, TypeVar
 import uvicorn
 from litestar import Litestar
 
+from proxy import http_protocol
+
 T = TypeVar("T")
 
 
 class ProxyServer:
-    def __init__(self, build: Callable[[list], Litestar]) -> None:
-        """``build(lifespan)`` makes the app; the lifespan hook records the server's loop."""
+    def __init__(
+        self, build: Callable[[list], Litestar], native: bool = True, keep_alive: int = 30
+    ) -> None:
+        """``build(lifespan)`` makes the app; the lifespan hook records the server's loop.
+        ``native``: the proxy's own HTTP protocol (as ``modelplane run`` serves it); else
+        uvicorn's, with the app's ASGI routes."""
         self.loop: asyncio.AbstractEventLoop | None = None
 
         @asynccontextmanager
@@ -35,7 +41,12 @@ class ProxyServer:
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="on", timeout_keep_alive=30
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_keep_alive=keep_alive,
+            http=http_protocol(self.app) if native else "auto",
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -63,6 +74,10 @@ class ProxyServer:
             return fn(*args)
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def handlers_running(self) -> int:
+        """Request handler tasks not finished yet (uvicorn waits for them when it stops)."""
+        return len(self._server.server_state.tasks)
 
     def stop(self) -> None:
         self._server.should_exit = True

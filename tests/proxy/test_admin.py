@@ -80,6 +80,20 @@ def test_events_and_follow(make_proxy: MakeProxy) -> None:
     wait_until(lambda: proxy.gateway.followers == 0, what="the follower to leave")
 
 
+def test_a_follow_stream_the_server_ends_is_over_for_client_and_handler(
+    make_proxy: MakeProxy,
+) -> None:
+    proxy = make_proxy([FakeModel("m")])
+    with proxy.http() as http:
+        with http.stream("GET", "/api/events?follow=1") as reply:
+            wait_until(lambda: proxy.gateway.followers == 1, what="a follower")
+            proxy.server.call(proxy.gateway.end_followers)
+            assert list(reply.iter_lines()) == []  # complete: the client saw the end
+        assert http.get("/healthz").status_code == 200  # and the connection is reusable
+    # The app's handler returned too (uvicorn's graceful stop waits for every handler).
+    wait_until(lambda: proxy.server.handlers_running() == 0, what="the handler to return")
+
+
 def test_reconcile_load_unload(make_proxy: MakeProxy) -> None:
     proxy = make_proxy([FakeModel("m"), FakeModel("pinned", pinned=True)])
     with proxy.http() as http:

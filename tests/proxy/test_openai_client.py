@@ -8,7 +8,9 @@ import struct
 import openai
 import pytest
 
-from tests.proxy.conftest import Proxy
+from tests.proxy.conftest import MakeProxy, Proxy
+from tests.proxy.fakegateway import FakeModel
+from tests.proxy.util import assert_balanced, wait_until
 
 
 def chat(proxy: Proxy, model: str, text: str = "hello", **kwargs: object):
@@ -75,3 +77,16 @@ def test_bad_body_is_bad_request(shared: Proxy) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         shared.client().chat.completions.create(model="", messages=[])
     assert caught.value.code == "invalid_model"
+
+
+def test_the_app_answers_under_any_asgi_server_too(make_proxy: MakeProxy) -> None:
+    """Served by uvicorn's own protocol (not the proxy's), the app's ASGI routes answer the
+    same: models, a plain and a streamed chat, the request log."""
+    proxy = make_proxy([FakeModel("m", backend_args=("--tokens", "3"))], native=False)
+    assert [m.id for m in proxy.client().models.list()] == ["m"]
+    assert (chat(proxy, "m").choices[0].message.content or "").startswith("m@")
+    deltas = [c.choices[0].delta.content for c in chat(proxy, "m", stream=True) if c.choices]
+    assert len([d for d in deltas if d]) == 3
+    wait_until(lambda: len(proxy.gateway.records) == 2, what="two request records")
+    assert [r.status for r in proxy.gateway.records] == [200, 200]
+    assert_balanced(proxy.gateway)

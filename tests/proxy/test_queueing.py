@@ -85,6 +85,19 @@ async def test_slots_go_to_the_best_waiter() -> None:
     assert queue.idle
 
 
+async def test_try_acquire_takes_a_free_slot_but_never_overtakes_a_waiter() -> None:
+    queue = ModelQueue()
+    assert queue.try_acquire(1) and queue.in_flight == 1
+    assert not queue.try_acquire(1)  # no free slot
+    waiter = asyncio.ensure_future(queue.acquire(PRIORITIES["normal"], 1, 10, 5.0))
+    await asyncio.sleep(0)
+    assert queue.queued == 1
+    assert not queue.try_acquire(2)  # a slot is free under a raised limit, but someone waits
+    queue.release(1)  # the freed slot goes to the waiter
+    await waiter
+    assert (queue.in_flight, queue.queued) == (1, 0)
+
+
 async def test_full_queue_raises_with_retry_after() -> None:
     queue = ModelQueue()
     await queue.acquire(2, 1, max_queue=1, timeout=5)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import threading
+import time
+from collections.abc import Iterator
 
 import httpx
 import openai
@@ -142,3 +145,67 @@ def test_dead_backend_before_any_byte_is_502(make_proxy: MakeProxy) -> None:
     assert caught.value.code == "backend_error"
     assert [model for model, _ in proxy.gateway.failures] == ["m"]
     assert_balanced(proxy.gateway)
+
+
+@pytest.fixture
+def done_before_the_end() -> Iterator[str]:
+    """A backend that streams two events (the last with usage) and ``data: [DONE]``, then takes
+    half a second to end its chunked reply."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    events = [
+        b'data: {"choices":[{"delta":{"content":"hi"}}],"usage":null}\n\n',
+        b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+
+    def serve() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.recv(65536)
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                    b"transfer-encoding: chunked\r\n\r\n"
+                    + b"".join(b"%x\r\n%s\r\n" % (len(e), e) for e in events)
+                )
+                time.sleep(0.5)
+                conn.sendall(b"0\r\n\r\n")
+                time.sleep(0.5)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "asgi"])
+def test_a_client_that_leaves_at_done_got_a_complete_answer(
+    make_proxy: MakeProxy, done_before_the_end: str, native: bool
+) -> None:
+    """Clients stop reading at ``data: [DONE]`` and may hang up before the backend has ended its
+    reply: that is a complete request (200, its usage counted), not a client gone (499)."""
+    proxy = make_proxy([FakeModel("m", endpoint=done_before_the_end)], native=native)
+    with (
+        proxy.http() as http,
+        http.stream("POST", "/v1/chat/completions", json=chat_body("m", stream=True)) as reply,
+    ):
+        assert data_events(list(sse_lines_until_done(reply)))[-1] == "[DONE]"
+    # the connection is closed here, before the backend's last bytes
+    wait_until(lambda: proxy.gateway.records, what="the request record")
+    record = proxy.gateway.records[-1]
+    assert (record.status, record.prompt_tokens, record.completion_tokens) == (200, 3, 1)
+    assert_balanced(proxy.gateway)
+
+
+def sse_lines_until_done(reply: httpx.Response) -> Iterator[str]:
+    for line in sse_lines(reply):
+        yield line
+        if line == "data: [DONE]":
+            return

@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import logging
+import re
 import sys
 
 import pytest
@@ -18,6 +19,8 @@ from proxy.errors import ProxyError
 from proxy.forward import classify, request_headers, response_headers
 from proxy.gateway import ApiKey, ModelRoute
 from proxy.logsetup import JsonFormatter, access_log, setup_logging
+from proxy.metrics import LATENCY_BUCKETS
+from proxy.tallies import RequestTallies
 from proxy.upstream import UpstreamError
 from proxy.usage import Tail, Usage, find_usage
 
@@ -39,6 +42,28 @@ def test_x_fields_are_stripped_once() -> None:
 
 def test_stream_must_be_true_to_count() -> None:
     assert parse_json_request(b'{"model":"m","stream":"yes"}').stream is False
+
+
+def test_x_fields_spelt_with_escapes_are_stripped_too() -> None:
+    request = parse_json_request(b'{"model":"m","\\u0078_priority":"low","n":1}')
+    assert request.x_priority == "low"
+    assert json.loads(request.content) == {"model": "m", "n": 1}
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"[1, 2]", "request body must be a JSON object, got an array"),
+        (b'{"model": 3}', "`model` must be a non-empty string, got a number"),
+        (b'{"messages": []}', "missing required field `model`"),
+        (b'{"model": "m",', "request body is not valid JSON"),
+        (b" ", "request body is empty"),
+    ],
+)
+def test_bad_json_bodies_say_what_is_wrong(raw: bytes, message: str) -> None:
+    with pytest.raises(ProxyError, match=re.escape(message)) as caught:
+        parse_json_request(raw)
+    assert caught.value.status == 400
 
 
 # --- multipart -----------------------------------------------------------------------------------
@@ -125,6 +150,14 @@ def test_usage_from_the_last_sse_chunk_not_the_null_ones() -> None:
     assert find_usage(b"no usage here") is None
 
 
+def test_usage_with_nested_details() -> None:
+    reply = (
+        b'{"usage": {"prompt_tokens": 7, "prompt_tokens_details": {"cached_tokens": 4},'
+        b' "completion_tokens": 2}}'
+    )
+    assert find_usage(reply) == Usage(7, 2)
+
+
 @given(st.lists(st.binary(min_size=1, max_size=700), max_size=50))
 def test_tail_keeps_at_least_the_last_limit_bytes(chunks: list[bytes]) -> None:
     tail = Tail(limit=1000)
@@ -180,8 +213,15 @@ def test_transport_errors_classified() -> None:
     refused = UpstreamError("connect", "cannot connect: refused")
     assert refused.backend_failed
     assert (classify("m", refused).status, classify("m", refused).code) == (502, "backend_error")
-    slow = UpstreamError("read_timeout", "no reply bytes for 5 s")
-    assert not slow.backend_failed and classify("m", slow).code == "backend_timeout"
+    silent = UpstreamError("read_timeout", "no reply bytes for 5 s", 5.0)
+    assert not silent.backend_failed
+    assert (classify("m", silent).status, classify("m", silent).code) == (504, "timeout")
+    assert "m sent nothing for 5s (idleTimeout)" in classify("m", silent).message
+    unanswered = UpstreamError("head_timeout", "no reply within 2.5 s", 2.5)
+    assert not unanswered.backend_failed
+    assert "m did not answer within 2.5s (requestTimeout)" in classify("m", unanswered).message
+    stuck = UpstreamError("write_timeout", "backend accepted no request bytes for 60 s")
+    assert not stuck.backend_failed and classify("m", stuck).code == "backend_timeout"
     died = UpstreamError("closed", "backend closed the connection")
     assert died.backend_failed and "closed the connection" in classify("m", died).message
 
@@ -238,3 +278,76 @@ def test_json_formatter_includes_exceptions() -> None:
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", None, None)
         record.exc_info = sys.exc_info()
     assert "RuntimeError: boom" in json.loads(JsonFormatter().format(record))["exc"]
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+
+def test_tallies_expose_what_prometheus_client_would() -> None:
+    """The per-request tallies render the same text as prometheus_client's own metrics."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    tallies = RequestTallies(LATENCY_BUCKETS)
+    ours.register(tallies)
+    requests = Counter("modelplane_requests", "x", ["model", "status"], registry=theirs)
+    latency = Histogram(
+        "modelplane_request_duration_seconds",
+        "x",
+        ["model"],
+        buckets=LATENCY_BUCKETS,
+        registry=theirs,
+    )
+    ttft = Histogram(
+        "modelplane_time_to_first_token_seconds",
+        "x",
+        ["model"],
+        buckets=LATENCY_BUCKETS,
+        registry=theirs,
+    )
+    tokens = Counter("modelplane_tokens", "x", ["model", "kind"], registry=theirs)
+    upstream = Counter("modelplane_upstream_requests", "x", ["model", "status"], registry=theirs)
+    observations = [
+        ("a", 200, 0.004, None, Usage(3, 5)),
+        ("a", 200, 0.005, 0.001, Usage(2, None)),
+        ("a", 499, 7.0, 0.3, None),
+        ("b", 502, 400.0, None, None),
+        ("", 404, 0.0001, None, None),
+    ]
+    for model, status, seconds, first, usage in observations:
+        tallies.observe(model, status, seconds, first, usage)
+        requests.labels(model, str(status)).inc()
+        latency.labels(model).observe(seconds)
+        if first is not None:
+            ttft.labels(model).observe(first)
+        if usage and usage.prompt_tokens:
+            tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+        if usage and usage.completion_tokens:
+            tokens.labels(model, "completion").inc(usage.completion_tokens)
+    tallies.upstream("a", 200)
+    upstream.labels("a", "200").inc()
+
+    def samples(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return sorted(
+            line
+            for line in text.splitlines()
+            if line and not line.startswith("#") and "_created" not in line
+        )
+
+    assert samples(ours) == samples(theirs)
+
+
+# --- X-Forwarded-For -----------------------------------------------------------------------------
+
+
+def test_forwarded_for_names_the_nearest_untrusted_address() -> None:
+    from proxy.forwarded import ForwardedFor
+
+    trusted = ForwardedFor("127.0.0.1, 10.0.0.0/8")
+    assert trusted.trusts("127.0.0.1") and trusted.trusts("10.1.2.3")
+    assert not trusted.trusts("192.0.2.1") and not trusted.trusts("not-an-address")
+    assert trusted.client(b"203.0.113.7, 10.0.0.5") == "203.0.113.7"
+    assert trusted.client(b"198.51.100.1, 203.0.113.7, 10.0.0.5") == "203.0.113.7"
+    assert trusted.client(b"10.0.0.9, 127.0.0.1") == "10.0.0.9"  # all trusted: the first
+    assert ForwardedFor(["*"]).trusts("192.0.2.1")

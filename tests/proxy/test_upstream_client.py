@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
-from proxy.upstream import Timeouts, UpstreamError, UpstreamPool
+from proxy.upstream import UpstreamError, UpstreamPool
 from tests.helpers.backend import FakeBackend, start_fake_backend
 
 CHAT = json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]}).encode()
@@ -195,7 +195,7 @@ async def test_a_stale_connection_is_retried_once_on_a_fresh_one() -> None:
     pool.close()
 
 
-async def test_death_mid_body_and_read_timeout() -> None:
+async def test_death_mid_body_and_timeouts() -> None:
     async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_request(reader)
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 10)
@@ -216,11 +216,28 @@ async def test_death_mid_body_and_read_timeout() -> None:
     reply.close()
     server.close()
 
+    async def stalls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n" + b"x" * 10)
+        await writer.drain()
+        await asyncio.sleep(5)
+
     server, url = await serve(silent)
-    pool = UpstreamPool(url, Timeouts(read=0.1))
-    with pytest.raises(UpstreamError) as caught:
-        await pool.request("GET", "/", [], b"")
-    assert caught.value.kind == "read_timeout" and not caught.value.backend_failed
+    pool = UpstreamPool(url)
+    with pytest.raises(UpstreamError) as caught:  # no head within the request's head timeout
+        await pool.request("GET", "/", [], b"", head_timeout=0.1, read_timeout=10)
+    assert caught.value.kind == "head_timeout" and not caught.value.backend_failed
+    assert caught.value.seconds == 0.1
+    server.close()
+    pool.close()
+
+    server, url = await serve(stalls)
+    pool = UpstreamPool(url)
+    reply = await pool.request("GET", "/", [], b"", head_timeout=10, read_timeout=0.1)
+    with pytest.raises(UpstreamError) as caught:  # the body stops: silent past the read timeout
+        await reply.aread()
+    assert caught.value.kind == "read_timeout" and caught.value.seconds == 0.1
+    reply.close()
     server.close()
     pool.close()
 

@@ -150,9 +150,10 @@ def module_box(
 
 
 def hash_key(key: str) -> str:
-    """The sha256 that ``modelplane hash-key`` prints for ``key``."""
+    """The sha256 that ``modelplane hash-key`` prints for ``key`` (read from stdin)."""
     result = subprocess.run(
-        modelplane_command("hash-key", key),
+        modelplane_command("hash-key"),
+        input=key + "\n",
         capture_output=True,
         text=True,
         env=service_env(Path("/nonexistent")),
