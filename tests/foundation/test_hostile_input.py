@@ -59,7 +59,7 @@ def test_a_300_level_document_is_an_error_of_that_document(
     assert done.stderr.splitlines()[0] == (
         f"{manifests.path('m.yaml')}:6:70: nested deeper than 64 levels"
     )
-    assert "(1 models, 0 engines valid)" in done.stderr
+    assert "(1 model, 0 engines valid)" in done.stderr
     assert "Traceback" not in done.output
 
 
@@ -85,7 +85,7 @@ def test_an_alias_bomb_and_a_huge_file_are_refused_quickly(
         "file may hold (raise it with MODELPLANE_MAX_MANIFEST_SIZE)",
         f"{manifests.path('bomb.yaml')}:1:1: holds more than 10000 values once its aliases are "
         "expanded (an alias bomb?)",
-        f"2 error(s) in {manifests.root} (1 models, 0 engines valid)",
+        f"2 error(s) in {manifests.root} (1 model, 0 engines valid)",
     ]
 
 
@@ -152,7 +152,7 @@ def test_bad_aliases_are_refused_and_never_listed(cli: Cli, manifests: ManifestD
         for i, alias in enumerate(["", " ", "a\r\nb", "a/../../b"], start=1)
     ]
     assert all(e.startswith(where) for e in errors[:4])
-    assert errors[4] == f"4 error(s) in {manifests.root} (1 models, 0 engines valid)"
+    assert errors[4] == f"4 error(s) in {manifests.root} (1 model, 0 engines valid)"
 
 
 # --- a corrupt state database (item 6) -----------------------------------------------------------
