@@ -51,6 +51,8 @@ from reconciler.weights.manager import ProgressListener
 from .activity import ActivityTracker
 from .controller import Controller
 from .overrides import Overrides, manifest_digests
+from .phases import REMEMBERED, PhaseState, derive_phase
+from .waiters import StartWaiters, WakeFailed, WakeUnschedulable, WeightsUnavailable
 
 log = logging.getLogger("modelplane.engine")
 
@@ -58,35 +60,6 @@ SETTLE = 10.0  # seconds a start waits for evicted models' memory to show free i
 STARTS = ("start", "recreate")
 STOPS = ("stop", "unload", "evict", "recreate")
 MAX_APPLY_PASSES = 100  # apply gives up on a plan that keeps changing (it never should)
-# Phases remembered in the database (for status without a running service); Ready and Asleep
-# are what the runtimes show anyway.
-REMEMBERED = {
-    Phase.DOWNLOADING,
-    Phase.STARTING,
-    Phase.DRAINING,
-    Phase.FAILED,
-    Phase.UNSCHEDULABLE,
-}
-
-
-@dataclass
-class PhaseState:
-    phase: Phase
-    reason: str = ""
-    retry_at: float | None = None
-    since: float = 0.0
-
-
-class WakeFailed(Exception):
-    """A start that a wake was waiting for failed (the backend's own fault: HTTP 502)."""
-
-
-class WakeUnschedulable(Exception):
-    """The model could not be placed on the GPUs for as long as a request may wait."""
-
-
-class WeightsUnavailable(WakeFailed):
-    """The model's weights cannot be had (revision unresolved, offline, download failed): 503."""
 
 
 @dataclass
@@ -184,7 +157,7 @@ class Engine:
         self._resolved_at = 0.0
         self._failing: dict[str, str] = {}  # failed since last Ready (why): next Ready "Recovered"
         self._writes: set[asyncio.Task[object]] = set()
-        self._waiters: dict[str, asyncio.Future[str]] = {}
+        self._waiters = StartWaiters()
         self._placed: dict[str, tuple[Claim, ...]] = {}
         self._placed_nodes: dict[str, str] = {}  # Ray starts: model -> the node placed on
         self.cluster = Cluster()  # the Ray cluster's nodes (Node.ray), read each pass
@@ -281,9 +254,7 @@ class Engine:
             self._info_task.cancel()
         for task in [*self.busy.values(), *self.downloads.values()]:
             task.cancel()
-        for waiter in self._waiters.values():
-            if not waiter.done():
-                waiter.set_exception(WakeFailed("modelplane is shutting down"))
+        self._waiters.fail_all(WakeFailed("modelplane is shutting down"))
         await asyncio.gather(*self.busy.values(), *self.downloads.values(), return_exceptions=True)
         await self.flush_writes()
 
@@ -575,7 +546,7 @@ class Engine:
             if self.weights_problems.get(name) != problem:
                 self._event("Failed", f"weights: {problem}", name)
             self._set_phase(name, Phase.FAILED, problem, retry_at)
-            self._fail_waiters(name, WeightsUnavailable(problem))
+            self._waiters.fail(name, WeightsUnavailable(problem))
             self.activity.wanted.discard(name)
         for name in set(self.weights_problems) - set(gated.problems):
             state = self.phases.get(name)
@@ -760,7 +731,7 @@ class Engine:
                     self._set_phase(name, Phase.ASLEEP, "weights ready")
             else:
                 self._download_failed[name] = model.spec_hash if model else ""
-                self._fail_waiters(name, WeightsUnavailable(outcome.message))
+                self._waiters.fail(name, WeightsUnavailable(outcome.message))
                 self.activity.wanted.discard(name)
                 self._record_failure(name, outcome.message, permanent=outcome.permanent)
         except asyncio.CancelledError:
@@ -803,7 +774,7 @@ class Engine:
         self._failing[name] = message
         detail = f" (failure {failure.count})" if failure.count > 1 else ""
         self._set_phase(name, Phase.FAILED, message + detail, retry_at)
-        self._fail_waiters(name, WakeFailed(message))
+        self._waiters.fail(name, WakeFailed(message))
 
     async def _log_tail(self, instance: Instance, lines: int = 20) -> str:
         try:
@@ -830,10 +801,7 @@ class Engine:
         if endpoint is not None:
             return endpoint
         self._weights_unavailable(name)
-        waiter = self._waiters.get(name)
-        if waiter is None or waiter.done():
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters[name] = waiter
+        waiter = self._waiters.join(name)
         self.activity.wanted.add(name)
         self.request_pass()
         deadline = time.monotonic() + timeout
@@ -864,18 +832,10 @@ class Engine:
             raise WeightsUnavailable(failure.reason)
 
     def _resolve(self, name: str, endpoint: str) -> None:
-        waiter = self._waiters.pop(name, None)
-        if waiter is not None and not waiter.done():
+        if self._waiters.resolve(name, endpoint):
             # Used from now: the requests that waited have not begun yet, and a slow start
             # must not look idle past stayWarm to the next pass before they do.
             self.activity.touch(name)
-            waiter.set_result(endpoint)
-
-    def _fail_waiters(self, name: str, exc: Exception) -> None:
-        waiter = self._waiters.pop(name, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-            waiter.exception()  # mark retrieved: a waiter may have timed out already
 
     def backend_failed(self, name: str, reason: str) -> None:
         """The proxy saw the backend break: stop routing to it; the next pass looks at it."""
@@ -908,17 +868,8 @@ class Engine:
 
     def phase_of(self, name: str) -> PhaseState:
         """What ``name`` is doing now, as every view shows it (see control/snapshot.py)."""
-        state = self.phases.get(name)
-        if name in self.ready and name not in self.busy:
-            return state if state and state.phase == Phase.READY else PhaseState(Phase.READY)
-        if state is not None:
-            return state
-        inst = next((i for i in self.actual if i.model == name and i.managed), None)
-        if inst is not None and inst.state == "running":
-            return PhaseState(Phase.STARTING, "health check not answering yet")
-        if inst is not None and inst.state == "exited":
-            return PhaseState(Phase.FAILED, inst.exit_reason or "exited")
-        return PhaseState(Phase.ASLEEP)
+        instance = next((i for i in self.actual if i.model == name and i.managed), None)
+        return derive_phase(self.phases.get(name), name in self.ready, name in self.busy, instance)
 
     def _set_phase(
         self, name: str, phase: Phase, reason: str = "", retry_at: float | None = None

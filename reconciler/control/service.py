@@ -32,11 +32,12 @@ from reconciler.units import is_loopback
 
 from .activity import ActivityTracker
 from .controller import Controller, runtime_names
-from .engine import Engine, WakeFailed, WakeUnschedulable, WeightsUnavailable
+from .engine import Engine
 from .loop import ReconcileLoop
 from .node_settings import FIXED_AT_START, keys_in_force, needs_restart, restart_warning
 from .overrides import manifest_digests
 from .snapshot import Snapshot, readiness, take_snapshot
+from .waiters import WakeFailed, WakeUnschedulable, WeightsUnavailable
 
 log = logging.getLogger("modelplane.service")
 
