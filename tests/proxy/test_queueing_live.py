@@ -40,7 +40,9 @@ def test_one_slot_serves_waiters_by_priority_then_arrival(make_proxy: MakeProxy)
     proxy.client().chat.completions.create(
         model="q", messages=[{"role": "user", "content": "warm"}]
     )
-    threads = [send_in_background(proxy, chat_body("q", "first", stream=True, max_tokens=30))]
+    # 8 s of stream: room to queue the seven others one by one even on a loaded machine (with
+    # 3 s the first sometimes ended before the last was queued, and that one went ahead).
+    threads = [send_in_background(proxy, chat_body("q", "first", stream=True, max_tokens=80))]
     wait_until(lambda: proxy.backend("q").stats()["in_flight"] == 1, what="first in flight")
     waiters = [
         ("low-header", {}, {"X-Priority": "low"}),
