@@ -104,6 +104,11 @@ class Downstream:
 
     async def comment(self, text: str) -> None:
         """An SSE comment line (ignored by clients, keeps idle-timeouts away); not a first token."""
+        await self.progress(b": %s\n\n" % text.encode())
+
+    async def progress(self, chunk: bytes) -> None:
+        """Bytes on an open stream that are not the answer (loading comments or deltas): they
+        do not count as its first byte."""
         raise NotImplementedError
 
     async def end(self, chunk: bytes = b"") -> None:
@@ -214,10 +219,8 @@ class AsgiDownstream(Downstream):
             self.first_byte = time.perf_counter()
         await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
 
-    async def comment(self, text: str) -> None:
-        await self._send(
-            {"type": "http.response.body", "body": b": %s\n\n" % text.encode(), "more_body": True}
-        )
+    async def progress(self, chunk: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     async def end(self, chunk: bytes = b"") -> None:
         self.finished = True  # before the await: a disconnect now is no reason to cancel

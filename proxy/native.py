@@ -275,8 +275,8 @@ class NativeDownstream(Downstream):
         if self._conn.write_paused:
             await self._conn.drain()
 
-    async def comment(self, text: str) -> None:
-        self._write(b": %s\n\n" % text.encode())
+    async def progress(self, chunk: bytes) -> None:
+        self._write(chunk)
         if self._conn.write_paused:
             await self._conn.drain()
 

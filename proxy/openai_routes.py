@@ -417,7 +417,7 @@ class OpenAIRoutes:
         first = True
         while True:
             waited = time.monotonic() - start
-            await down.send(reasoning_event(model, progress_text(model, waited, first)))
+            await down.progress(reasoning_event(model, progress_text(model, waited, first)))
             first = False
             await asyncio.sleep(self.settings.loading_comment_interval)
 

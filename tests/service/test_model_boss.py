@@ -102,3 +102,8 @@ def test_loading_progress_as_reasoning_content(box: Box) -> None:
     assert reasoning[0] == "Loading ui…", reasoning
     assert "".join(content), "no answer after the loading deltas"
     assert not [c for c in comments if "loading" in c], (comments, reasoning, content)
+    # The time to the first token is the answer's, not the first loading delta's: the slow
+    # engine listens only after 2 s.
+    with box.http() as http:
+        (logged,) = http.get("/api/requests", params={"model": "ui", "limit": 1}).json()
+    assert logged["ttft"] >= 2.0, logged
