@@ -50,6 +50,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # docstrings' wrapped lines join; `code` renders as code
 )
 # Piped output (scripts, CI logs) gets wide tables instead of rich's 80-column default.
 out = Console(
