@@ -447,10 +447,7 @@ class OpenAIRoutes:
                 )
             except UpstreamError as exc:
                 error = classify(name, exc)
-                if exc.backend_failed:
-                    self._backend_failed(name, error.message)
-                elif error.code == "timeout":
-                    self._timed_out(name, error.message)
+                self._report(name, error, exc.backend_failed)
                 raise error from None
             try:
                 ex.streamed = is_sse(reply)
@@ -459,10 +456,7 @@ class OpenAIRoutes:
                 else:
                     relayed = await relay(down, reply, name, self.settings.max_buffered_response)
             except BrokenReply as broken:
-                if broken.backend_failed:
-                    self._backend_failed(name, broken.error.message)
-                elif broken.error.code == "timeout":
-                    self._timed_out(name, broken.error.message)
+                self._report(name, broken.error, broken.backend_failed)
                 raise
             finally:
                 reply.close()
@@ -471,10 +465,7 @@ class OpenAIRoutes:
         ex.usage = relayed.usage
         if relayed.broken is not None:
             ex.status = relayed.broken.status
-            if relayed.backend_failed:  # recorded before the client hears of it
-                self._backend_failed(name, relayed.broken.message)
-            elif relayed.broken.code == "timeout":
-                self._timed_out(name, relayed.broken.message)
+            self._report(name, relayed.broken, relayed.backend_failed)  # before the client hears
             # an error answer, or an error event in a stream
             await down.fail(relayed.broken, relayed.unfinished)
 
@@ -503,6 +494,14 @@ class OpenAIRoutes:
         if route is None or not access.may_reach(route):
             raise errors.model_not_found(model)
         return route
+
+    def _report(self, name: str, error: ProxyError, backend_failed: bool) -> None:
+        """Tell the gateway of a failed exchange: a broken backend (it stops being routed to)
+        or a timeout (slow is not broken: the operator hears of it, the model keeps serving)."""
+        if backend_failed:
+            self._backend_failed(name, error.message)
+        elif error.code == "timeout":
+            self._timed_out(name, error.message)
 
     def _timed_out(self, name: str, message: str) -> None:
         log.warning("%s", message)
