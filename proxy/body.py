@@ -82,10 +82,8 @@ def parse_json_request(raw: bytes) -> ApiRequest:
         return _parse_whole(raw)
     try:
         fields = _fields_decoder.decode(raw)
-    except msgspec.ValidationError:  # not an object: say what it is
+    except msgspec.DecodeError:  # not JSON, or not an object: the whole decode says which
         return _parse_whole(raw)
-    except msgspec.DecodeError:
-        return _parse_whole(raw)  # its message names the JSON error
     return ApiRequest(check_model(fields.model), fields.stream is True, None, raw)
 
 

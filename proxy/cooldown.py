@@ -10,9 +10,18 @@ from __future__ import annotations
 FORGET_AFTER = 3600.0
 
 
+PRUNE_EVERY = 60.0
+
+
 class ClientCooldowns:
+    """Only clients that ask for a cooldown are kept (the proxy asks nothing of the others)."""
+
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
+        self._next_prune = 0.0
+
+    def __len__(self) -> int:
+        return len(self._last)
 
     def check(self, client: str, cooldown: float | None, now: float) -> float | None:
         """Seconds ``client`` must still wait (then nothing is recorded), or None: the request
@@ -21,6 +30,7 @@ class ClientCooldowns:
         if cooldown and last is not None and now - last < cooldown:
             return cooldown - (now - last)
         self._last[client] = now
-        if len(self._last) > 10_000:
+        if now >= self._next_prune:  # by time, not size: never a rebuild per request
+            self._next_prune = now + PRUNE_EVERY
             self._last = {c: t for c, t in self._last.items() if now - t < FORGET_AFTER}
         return None

@@ -127,7 +127,7 @@ def cooling_down(client: str, left: float) -> ProxyError:
         f"client `{client}` asked for x_cooldown: next request in {left:.1f} s",
         "rate_limit_error",
         "cooldown",
-        retry_after=max(1, math.ceil(left)),
+        retry_after=left,
     )
 
 

@@ -35,6 +35,7 @@ from proxy.core import ProxyCore
 from proxy.errors import ProxyError
 from proxy.forward import BrokenReply, Relayed, classify, is_sse, pump, relay, request_headers
 from proxy.gateway import ModelRoute, Phase, Unavailable
+from proxy.hints import NONE as NO_HINTS
 from proxy.hints import ClientHints
 from proxy.loading import progress_text, reasoning_event
 from proxy.queueing import ModelQueue, QueueFull, QueueTimeout, queue_json, resolve_priority
@@ -225,12 +226,15 @@ class OpenAIRoutes:
 
     def _apply_hints(self, ex: Exchange, hints: ClientHints) -> None:
         """Model Boss's fields: who asks (logged instead of the address), its cooldown, and how
-        long the model should stay loaded after this request."""
+        long the model should stay loaded after this request. Most requests carry none."""
+        if hints is NO_HINTS:
+            return
         if hints.client_id:
             ex.client = hints.client_id
-        left = self.core.cooldowns.check(ex.client, hints.cooldown, time.time())
-        if left is not None:
-            raise errors.cooling_down(ex.client, left)
+        if hints.cooldown:
+            left = self.core.cooldowns.check(ex.client, hints.cooldown, ex.wall)
+            if left is not None:
+                raise errors.cooling_down(ex.client, left)
         ex.stay_warm = hints.stay_warm
 
     async def _upstream(self, down: Downstream, ex: Exchange) -> None:

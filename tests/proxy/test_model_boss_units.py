@@ -46,6 +46,15 @@ def test_cooldown_spaces_one_clients_requests() -> None:
     assert cooldowns.check("a", None, now=102.1) is None  # no cooldown asked: never refused
 
 
+def test_cooldowns_forget_clients_not_seen_for_an_hour() -> None:
+    cooldowns = ClientCooldowns()
+    for i in range(100):
+        cooldowns.check(f"old-{i}", 2.0, now=float(i))
+    assert len(cooldowns) == 100
+    cooldowns.check("new", 2.0, now=3700.0)  # an hour on: the next prune drops the old ones
+    assert len(cooldowns) == 1
+
+
 def test_queue_json() -> None:
     routes = [ModelRoute("a", max_concurrency=2, phase=Phase.READY), ModelRoute("b")]
     view = queue_json(routes, {"a": QueueStats(in_flight=2, queued=3)})
