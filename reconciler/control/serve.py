@@ -30,6 +30,7 @@ from proxy.logsetup import setup_logging
 from proxy.server import http_protocol, settle_gc
 from proxy.settings import ProxySettings
 from reconciler.gpus.inventory import GpuCollector
+from reconciler.manifests.manifest_set import ManifestSet
 from reconciler.manifests.schema import ProxySpec
 from reconciler.ops.systemd import SystemdNotifier
 from reconciler.state import run_record
@@ -73,11 +74,32 @@ async def serve(
         manifests, _ = await controller.load(online=False)
     except FileNotFoundError as exc:
         log.error("%s", exc)
+        lock.release()
         await controller.close()
         return 1
     except BaseException:  # (StateDirLocked: the CLI says who holds it)
+        lock.release()
         await controller.close()
         raise
+    try:
+        return await _serve_locked(
+            controller, manifests, directory, listen, notifier, allow_empty, grace, settings
+        )
+    finally:  # however start-up or serving ends
+        lock.release()
+
+
+async def _serve_locked(
+    controller: Controller,
+    manifests: ManifestSet,
+    directory: Path,
+    listen: str | None,
+    notifier: SystemdNotifier,
+    allow_empty: bool,
+    grace: float,
+    settings: ProxySettings | None,
+) -> int:
+    """:func:`serve` once the state directory is locked and the manifests read."""
     node = manifests.node
     host, port = parse_listen(listen or node.listen)
     if not node.api_keys and not is_loopback(host):
@@ -149,7 +171,6 @@ async def serve(
     finally:
         run_record.mark_stopped(controller.state_dir)
         await systemd.stop()
-        lock.release()
     return 0 if server.started else 1
 
 
