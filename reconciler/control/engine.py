@@ -304,7 +304,7 @@ class Engine:
             elif self._refused != report.refused:
                 self._refused = report.refused
                 log.warning("%s", report.refused)
-                self._event("PruneRefused", report.refused)
+                self.event("PruneRefused", report.refused)
             actions = [a for a in actions if a.model not in blind]  # unseen: nothing to do
             actions = await self._gate_downloads(actions, now)
             report.actions = await self._schedule(actions, now, report)
@@ -477,10 +477,10 @@ class Engine:
         for name, why in self.unavailable.items():
             if name not in before:
                 log.warning("%s runtime unavailable: %s", name, why)
-                self._event("RuntimeUnavailable", f"{name}: {why}")
+                self.event("RuntimeUnavailable", f"{name}: {why}")
         for name in set(before) - set(self.unavailable):
             log.info("%s runtime available again", name)
-            self._event("RuntimeAvailable", f"{name} answers again")
+            self.event("RuntimeAvailable", f"{name} answers again")
 
     def _blind(self) -> set[str]:
         """Models on a runtime that cannot be listed now (docker daemon down): whether their
@@ -516,7 +516,7 @@ class Engine:
             reason = (gone.exit_reason if gone else None) or "backend is gone"
             uptime = time.time() - gone.started_at if gone and gone.started_at else None
             tail = await self._log_tail(gone) if gone else ""
-            self._event("Crashed", reason, name)
+            self.event("Crashed", reason, name)
             self._record_failure(name, f"crashed: {reason}", tail, uptime=uptime)
         for name, inst in running.items():
             if name in self.ready or name in self.busy or inst.endpoint is None:
@@ -544,7 +544,7 @@ class Engine:
         retry_at = self._resolved_at + desired.node.resync
         for name, problem in gated.problems.items():
             if self.weights_problems.get(name) != problem:
-                self._event("Failed", f"weights: {problem}", name)
+                self.event("Failed", f"weights: {problem}", name)
             self._set_phase(name, Phase.FAILED, problem, retry_at)
             self._waiters.fail(name, WeightsUnavailable(problem))
             self.activity.wanted.discard(name)
@@ -610,7 +610,7 @@ class Engine:
             # One event per episode: the reason's figures move with NVML's every pass.
             if name not in self.unschedulable_since:
                 self.unschedulable_since[name] = now
-                self._event("Unschedulable", reason, name)
+                self.event("Unschedulable", reason, name)
             self._set_phase(name, Phase.UNSCHEDULABLE, reason)
         for name in result.claims:
             self.unschedulable_since.pop(name, None)
@@ -884,7 +884,7 @@ class Engine:
         self._remember(name, state)
         if phase == Phase.READY and name in self._failing:
             failure = self._failing.pop(name)
-            self._event("Recovered", f"{name} is ready again (it had failed: {failure})", name)
+            self.event("Recovered", f"{name} is ready again (it had failed: {failure})", name)
         self._changed()
 
     def _forget_phase(self, name: str) -> None:
@@ -899,7 +899,8 @@ class Engine:
         else:
             self._write(store.set_model_state(name, state.phase, state.reason, state.retry_at))
 
-    def _event(self, kind: str, message: str, model: str | None = None) -> None:
+    def event(self, kind: str, message: str, model: str | None = None) -> None:
+        """Record an event in the background (``stop`` waits for it to be written)."""
         self._write(self.controller.store.add_event(kind, message, model))
 
     def _write(self, write: Coroutine[Any, Any, object]) -> None:

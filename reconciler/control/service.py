@@ -88,7 +88,6 @@ class Service:
         self._keys_refused: str | None = None
         self._restart_needed: list[str] = []
         self._followed: Desired | None = None  # the desired state whose Node was looked at
-        self._writes: set[asyncio.Task[object]] = set()
         self.engine.on_change.append(self._follow_node)
 
     def started_with(self, node: NodeSpec, host: str, listen_fixed_by_flag: bool) -> None:
@@ -291,14 +290,10 @@ class Service:
     def backend_failed(self, model: str, reason: str) -> None:
         log.warning("backend failed: %s: %s", model, reason)
         self.engine.backend_failed(model, reason)
-        asyncio.get_running_loop().create_task(
-            self.controller.store.add_event("BackendFailed", reason, model)
-        )
+        self.engine.event("BackendFailed", reason, model)
 
     def request_timed_out(self, model: str, message: str) -> None:
-        asyncio.get_running_loop().create_task(
-            self.controller.store.add_event("Timeout", message, model)
-        )
+        self.engine.event("Timeout", message, model)
 
     def record_request(self, record: RequestRecord) -> None:
         self._records.append(record)
@@ -322,7 +317,7 @@ class Service:
         )
         if refused is not None and refused != self._keys_refused:
             log.error("%s", refused)
-            self._event("ApiKeysKept", refused)
+            self.engine.event("ApiKeysKept", refused)
         self._keys_refused = refused
         if self.node_started is None:
             return
@@ -330,15 +325,8 @@ class Service:
         if changes and changes != self._restart_needed:
             warning = restart_warning(changes)
             log.warning("%s", warning)
-            self._event("RestartNeeded", str(warning))
+            self.engine.event("RestartNeeded", str(warning))
         self._restart_needed = changes
-
-    def _event(self, kind: str, message: str) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self.controller.store.add_event(kind, message)
-        )
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
 
     # --- admin ------------------------------------------------------------------------------
 

@@ -26,20 +26,11 @@ from typing import Any, TypeVar
 import aiosqlite
 import msgspec
 
+from proxy.gateway import RequestRecord
 from reconciler.manifests.manifest_set import Key, StoredDocument
 
-# The request log's columns, in the order of proxy.gateway.RequestRecord's fields.
-REQUEST_COLUMNS = (
-    "time",
-    "client",
-    "model",
-    "path",
-    "status",
-    "latency",
-    "ttft",
-    "prompt_tokens",
-    "completion_tokens",
-)
+# The request log's columns: the proxy's RequestRecord is written as it is, field by field.
+REQUEST_COLUMNS: tuple[str, ...] = RequestRecord._fields
 # A batch of rows as one JSON array of arrays: one statement, one step in SQLite.
 _INSERT_REQUESTS = (
     f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) SELECT "
@@ -538,11 +529,6 @@ class Store:
         async with self.db.execute("SELECT model, last_used FROM activity") as cur:
             rows = await cur.fetchall()
         return {r[0]: r[1] for r in rows if r[1] is not None}
-
-    @_notes_corruption
-    async def add_requests(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Rows as mappings of column names (missing columns are NULL)."""
-        await self.add_request_rows([tuple(r.get(c) for c in REQUEST_COLUMNS) for r in rows])
 
     @_notes_corruption
     async def add_request_rows(self, rows: Sequence[Sequence[Any]]) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.gateway import RequestRecord
 from reconciler.manifests.manifest_set import StoredDocument
 from reconciler.state import store as store_module
 from reconciler.state.store import MIGRATIONS, Store
@@ -138,17 +139,18 @@ async def test_model_state_activity_and_requests(store: Store) -> None:
     assert await store.last_used() == {"a": 200.0}
     assert sql(store.path, "SELECT requests FROM activity WHERE model = 'a'") == [(2,)]
 
-    await store.add_requests(
-        [{"time": 1.0, "model": "a", "status": 200}, {"time": 2.0, "model": "b", "status": 502}]
+    await store.add_request_rows(
+        [
+            RequestRecord(1.0, "", "a", "/v1/x", 200, 0.1),
+            RequestRecord(2.0, "", "b", "/v1/x", 502, 0.1),
+        ]
     )
-    await store.add_requests([])
+    await store.add_request_rows([])
     assert (await store.request_count(), await store.request_count("a")) == (2, 1)
 
 
 async def test_request_records_are_written_as_they_are(store: Store) -> None:
     """The proxy's RequestRecords go in as one batch: every value, type and the order kept."""
-    from proxy.gateway import RequestRecord
-
     records = [
         RequestRecord(
             1796103954.2778676,
