@@ -68,12 +68,15 @@ def estimate_all(
 
 
 def missing(estimates: Mapping[str, Estimate | str], desired: Desired) -> list[str]:
-    """Models to estimate (again): new or changed ones, and those without an estimate yet
-    (weights not downloaded when last looked)."""
+    """Models to estimate (again): new or changed ones, those without an estimate yet
+    (weights not downloaded when last looked), and ``gpus: auto`` ones that needed none because
+    no GPU was known then (NVML or a Ray cluster's GPU nodes may show up later; looking again
+    costs no I/O while there are none)."""
     return [
         name
-        for name in desired.models
-        if not isinstance(estimates.get(name), Estimate) and estimates.get(name) != NOT_NEEDED
+        for name, model in desired.models.items()
+        if not isinstance(estimates.get(name), Estimate)
+        and not (estimates.get(name) == NOT_NEEDED and model.spec.gpus == "none")
     ]
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from reconciler.gpus.estimates import NOT_NEEDED, estimate_all, missing
+from reconciler.gpus.vram import Estimate
 from reconciler.manifests import manifest_set
 from reconciler.planning.desired import build_desired
 from reconciler.planning.launch import launch_spec
@@ -151,3 +153,25 @@ def test_a_remote_launch_leaves_the_node_its_own_placeholders(tmp_path: Path) ->
     assert remote.mounts == ()
     on_path = launch_spec(desired.models["local"], 1, (0,), None, remote=True)
     assert on_path.command == ("srv", "/srv/models/local.gguf", "/srv/models", "{gpus}")
+
+
+def test_a_model_that_needed_no_gpu_is_estimated_again_once_gpus_are_known(
+    tmp_path: Path,
+) -> None:
+    """A cluster read before its GPU workers joined (or unreachable at start) has no GPUs: a
+    ``gpus: auto`` model then needs no estimate, but only until GPUs show up."""
+    found = load(
+        tmp_path,
+        doc("Node", "n", RAY),
+        fake_engine_doc(),
+        model_doc("auto", gpus="auto", vram="6GiB"),
+        model_doc("cpu", gpus="none"),
+    )
+    desired = build_desired(found)
+    no_path = lambda _model: None  # noqa: E731
+    estimates = estimate_all(desired, no_path, gpu_box=False)
+    assert estimates == {"auto": NOT_NEEDED, "cpu": NOT_NEEDED}
+    assert missing(estimates, desired) == ["auto"]  # looked at again: GPUs may have joined
+    estimates |= estimate_all(desired, no_path, only=["auto"], gpu_box=True)
+    assert isinstance(estimates["auto"], Estimate) and estimates["auto"].bytes == 6 * GiB
+    assert missing(estimates, desired) == []
