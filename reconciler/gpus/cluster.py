@@ -72,15 +72,17 @@ def gpus_of(node: RayNode) -> tuple[GpuInfo, ...]:
 
 
 def ray_gpus(placed: Placement, gpus: Sequence[GpuInfo]) -> float:
-    """What a placement asks of Ray: its claim's share of one GPU (rounded up to a hundredth;
-    Ray then packs models onto GPUs as this policy does), or whole GPUs when it spreads."""
+    """What a placement asks of Ray: its claim's share of one GPU, or whole GPUs when it
+    spreads. The share is rounded *down* to a hundredth: models this policy packs onto one GPU
+    by bytes (three of 8 GiB on 24 GiB) must fit in Ray's count too (3 x 0.33, not 3 x 0.34,
+    which Ray would leave pending or put on another GPU)."""
     if len(placed.gpus) > 1:
         return float(len(placed.gpus))
     if not placed.gpus:
         return 0.0
     total = next(g.total for g in gpus if g.index == placed.gpus[0])
     claim = sum(placed.shares)
-    return min(1.0, max(0.01, math.ceil(100 * claim / total) / 100)) if total else 1.0
+    return min(1.0, max(0.01, math.floor(100 * claim / total) / 100)) if total else 1.0
 
 
 def schedule_everywhere(

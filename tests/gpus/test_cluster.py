@@ -142,7 +142,10 @@ def test_the_cheapest_eviction_across_nodes_makes_room() -> None:
 def test_ray_is_asked_for_a_share_of_one_gpu_or_whole_gpus() -> None:
     gpus = (GpuInfo(0, 24 * GiB), GpuInfo(1, 24 * GiB))
     one = Placement((1,), (7 * GiB,))
-    assert ray_gpus(one, gpus) == 0.3  # 7/24 = 0.2917, rounded up to a hundredth
+    assert ray_gpus(one, gpus) == 0.29  # 7/24 = 0.2917, rounded down to a hundredth
+    # what the policy packs onto one GPU by bytes fits in Ray's count of it as well
+    thirds = [ray_gpus(Placement((0,), (8 * GiB,)), gpus) for _ in range(3)]
+    assert sum(thirds) <= 1.0 and thirds[0] == 0.33
     spread = Placement((0, 1), (GiB, GiB), ("--tensor-split", "1,1"))
     assert ray_gpus(spread, gpus) == 2.0
     assert ray_gpus(Placement(), gpus) == 0.0
