@@ -87,7 +87,7 @@ def choose_victims(
     first = place(demand, gpus, claims, reserve)
     if isinstance(first, Placement):
         return Eviction((), first, {}, first.reason)
-    candidates, refused = _candidates(demand, models)
+    candidates, refused = _candidates(demand.priority, models)
     if not candidates:
         why = "; ".join(refused) or "no other model holds GPU memory"
         return Unschedulable(f"{first.reason}; nothing can be evicted ({why})")
@@ -113,13 +113,16 @@ def choose_victims(
 
 
 def _candidates(
-    demand: ModelDemand, models: Sequence[RunningModel]
+    priority: int, models: Sequence[RunningModel], holding_vram: bool = True
 ) -> tuple[list[RunningModel], list[str]]:
-    """The evictable models (in preference order) and why each other one is not."""
+    """The evictable models (in preference order) for a demand of ``priority``, and why each
+    other one is not. One policy for VRAM and for ``maxLoaded`` slots: only idle, unpinned,
+    running models of lower or equal priority; lowest priority, least recently used first.
+    With ``holding_vram``, models that hold no VRAM are not candidates at all."""
     ok: list[RunningModel] = []
     refused: list[str] = []
     for m in sorted(models, key=lambda m: m.name):
-        if not m.claims:
+        if holding_vram and not m.claims:
             continue
         if m.pinned:
             refused.append(f"{m.name} is pinned")
@@ -127,7 +130,7 @@ def _candidates(
             refused.append(f"{m.name} has {m.in_flight} request(s) in flight")
         elif not m.running:
             refused.append(f"{m.name} is starting or draining")
-        elif m.priority > demand.priority:
+        elif m.priority > priority:
             refused.append(f"{m.name} has higher priority ({priority_name(m.priority)})")
         else:
             ok.append(m)
@@ -263,22 +266,10 @@ def choose_slot_victims(
     reason = f"{len(others)} of maxLoaded {max_loaded} loaded"
     if over <= 0:
         return Eviction((), None, {}, reason)
-    ok, refused = [], []
-    for m in sorted(others, key=lambda m: m.name):
-        if m.pinned:
-            refused.append(f"{m.name} is pinned")
-        elif m.in_flight:
-            refused.append(f"{m.name} has {m.in_flight} request(s) in flight")
-        elif not m.running:
-            refused.append(f"{m.name} is starting or draining")
-        elif m.priority > priority:
-            refused.append(f"{m.name} has higher priority ({priority_name(m.priority)})")
-        else:
-            ok.append(m)
+    ok, refused = _candidates(priority, others, holding_vram=False)
     if len(ok) < over:
         why = "; ".join(refused) or "no other model is loaded"
         return Unschedulable(f"{reason}; not enough can be evicted ({why})")
-    ok.sort(key=lambda m: (m.priority, m.last_used, m.name))
     victims = ok[:over]
     causes = {
         v.name: f"maxLoaded {max_loaded} for {demand}, priority {priority_name(v.priority)}"
