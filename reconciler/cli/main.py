@@ -437,12 +437,7 @@ def _wait_exit(pid: int, timeout: float = 60.0) -> None:
 def status(directory: FindOption = None, as_json: JsonOption = False) -> None:
     """Models (phase, sync, endpoint, idle time, why) and GPUs: the running service's view
     when ``modelplane run`` is up, else the runtimes and the database."""
-    found, client = _find(directory)
-    if client is not None:
-        with client:
-            data = client.status()
-    else:
-        data = _run(_offline_status(_offline_manifests(found), found.state_dir))
+    data = _status_data(directory)
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
@@ -458,6 +453,15 @@ def status(directory: FindOption = None, as_json: JsonOption = False) -> None:
         err.print(error, markup=False, style="red")
     for warning in data.get("warnings", []):
         _warn(warning)
+
+
+def _status_data(directory: Path | None) -> dict[str, Any]:
+    """``/api/status`` of the running service, or the same JSON built offline."""
+    found, client = _find(directory)
+    if client is not None:
+        with client:
+            return client.status()
+    return _run(_offline_status(_offline_manifests(found), found.state_dir))
 
 
 async def _offline_status(directory: Path, state_dir: Path) -> dict[str, Any]:
@@ -567,12 +571,7 @@ async def _offline_logs(found: Located, model: str, lines: int, follow: bool = F
 def ps(directory: FindOption = None, as_json: JsonOption = False) -> None:
     """The models loaded now (as Ollama's ps): where they run, their size, and UNTIL when they
     stay loaded if no request comes."""
-    found, client = _find(directory)
-    if client is not None:
-        with client:
-            data = client.status()
-    else:
-        data = _run(_offline_status(_offline_manifests(found), found.state_dir))
+    data = _status_data(directory)
     loaded = [m for m in data["models"] if m["phase"] in views.LOADED]
     if as_json:
         sys.stdout.write(json.dumps(loaded, indent=2) + "\n")

@@ -142,13 +142,12 @@ def until(row: Mapping[str, Any], now: float) -> str:
 
 
 def ps_table(models: Sequence[Mapping[str, Any]], now: float) -> Table:
-    """``modelplane ps``: the models loaded now, where, how big, and until when."""
+    """``modelplane ps``: the loaded models given (phases in :data:`LOADED`), where, how big,
+    and until when."""
     table = Table(box=None, pad_edge=False)
     for column in ("NAME", "PHASE", "PROCESSOR", "SIZE", "IN FLIGHT", "UNTIL"):
         table.add_column(column)
     for row in models:
-        if row["phase"] not in LOADED:
-            continue
         gpus = row.get("gpus") or []
         where = f"GPU {','.join(map(str, gpus))}" if gpus else "CPU"
         where += f" on {row['node']}" if row.get("node") else ""
