@@ -25,7 +25,7 @@ import httpx
 import typer
 from rich.console import Console
 
-from reconciler.control.controller import Controller, runtime_names
+from reconciler.control.controller import Controller
 from reconciler.control.engine import ApplyResult, Engine, PassReport
 from reconciler.control.snapshot import take_snapshot
 from reconciler.gitops.applied import applied_line, dirty_warning, history
@@ -407,21 +407,13 @@ async def _down_offline(found: Located) -> tuple[int, dict[str, str]]:
 
 
 async def _stop_all(controller: Controller) -> tuple[int, dict[str, str]]:
-    try:
-        _, desired = await controller.load(online=False, persist=False)
-        names = runtime_names(desired)
-    except FileNotFoundError:
-        names = {"process"}
-    instances, unavailable = await controller.runtimes.list(names)
-    stopped = 0
+    instances, unavailable = await controller.managed_backends()
     for inst in instances:
-        if inst.managed:
-            await controller.runtimes.get(inst.runtime).stop(inst)
-            await controller.store.add_event("Stopped", "stopped by modelplane down", inst.model)
-            where = f" on {inst.node}" if inst.node else ""
-            out.print(f"stopped {inst.model} ({inst.runtime} {inst.ident}{where})", markup=False)
-            stopped += 1
-    return stopped, unavailable
+        await controller.runtimes.get(inst.runtime).stop(inst)
+        await controller.store.add_event("Stopped", "stopped by modelplane down", inst.model)
+        where = f" on {inst.node}" if inst.node else ""
+        out.print(f"stopped {inst.model} ({inst.runtime} {inst.ident}{where})", markup=False)
+    return len(instances), unavailable
 
 
 def _wait_exit(pid: int, timeout: float = 60.0) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from reconciler.control.controller import Controller, runtime_names
+from reconciler.control.controller import Controller
 from reconciler.state.lock import StateLock
 from reconciler.state.recovery import reset_database
 from reconciler.state.store import StateDatabaseError, Store
@@ -48,13 +48,8 @@ async def reset_db_command(
 async def _adoptable(manifests: Path | None, state_dir: Path, out: Console, err: Console) -> None:
     """The backends that run now: the next ``modelplane run`` adopts them as they are."""
     async with await Controller.open(manifests or Path("manifests"), state_dir) as controller:
-        try:
-            _, desired = await controller.load(online=False)
-            names = runtime_names(desired)
-        except FileNotFoundError:
-            names = {"process"}
-        instances, unavailable = await controller.runtimes.list(names)
-    running = [i for i in instances if i.managed and i.state == "running"]
+        instances, unavailable = await controller.managed_backends()
+    running = [i for i in instances if i.state == "running"]
     for inst in running:
         out.print(f"running: {inst.model} ({inst.runtime} {inst.ident})", markup=False)
     for runtime, why in unavailable.items():

@@ -109,6 +109,21 @@ class Controller:
         """What the runtimes run (every runtime some model uses), and the ones unreachable."""
         return await self.runtimes.list(runtime_names(desired))
 
+    async def managed_backends(
+        self, desired: Desired | None = None
+    ) -> tuple[list[Instance], dict[str, str]]:
+        """Every backend modelplane manages, in every runtime the manifests use (``desired``,
+        else read offline without writing anything; only the process runtime when they
+        cannot be read), and the runtimes unreachable. For ``down`` and ``reset-db``."""
+        if desired is None:
+            try:
+                _, desired = await self.load(online=False, persist=False)
+            except FileNotFoundError:
+                desired = None
+        names = runtime_names(desired) if desired is not None else {"process"}
+        instances, unavailable = await self.runtimes.list(names)
+        return [i for i in instances if i.managed], unavailable
+
     async def record_generation(
         self, manifests: ManifestSet, desired: Desired, outcome: str
     ) -> tuple[int, bool]:

@@ -31,7 +31,7 @@ from reconciler.state.store import Event, Generation
 from reconciler.units import is_loopback
 
 from .activity import ActivityTracker
-from .controller import Controller, runtime_names
+from .controller import Controller
 from .engine import Engine
 from .loop import ReconcileLoop
 from .node_settings import FIXED_AT_START, keys_in_force, needs_restart, restart_warning
@@ -481,19 +481,14 @@ class Service:
         """``modelplane down`` while the service runs: stop reconciling, stop every managed
         backend, then end the service (a pass must not start them again)."""
         await self.loop.stop()
-        engine = self.engine
-        desired = engine.desired
-        names = runtime_names(desired) if desired else {"process"}
-        instances, unavailable = await self.controller.runtimes.list(names)
+        controller = self.controller
+        instances, unavailable = await controller.managed_backends(self.engine.desired)
         stopped = []
         for inst in instances:
-            if inst.managed:
-                await self.controller.runtimes.get(inst.runtime).stop(inst)
-                await self.controller.store.add_event(
-                    "Stopped", "stopped by modelplane down", inst.model
-                )
-                entry = {"model": inst.model, "runtime": inst.runtime, "id": inst.ident}
-                stopped.append(entry | {"node": inst.node})
+            await controller.runtimes.get(inst.runtime).stop(inst)
+            await controller.store.add_event("Stopped", "stopped by modelplane down", inst.model)
+            entry = {"model": inst.model, "runtime": inst.runtime, "id": inst.ident}
+            stopped.append(entry | {"node": inst.node})
         self.stopped_all = not unavailable
         asyncio.get_running_loop().call_later(0.2, self.on_exit_request)
         return {"stopped": stopped, "unavailable": unavailable}
