@@ -713,7 +713,7 @@ def doctor(directory: DirArg = Path(DEFAULT_DIR)) -> None:
 def gpus(directory: FindOption = None, as_json: JsonOption = False) -> None:
     """The GPU inventory as NVML (or the Node manifest's static list) reports it, with what
     the models modelplane runs claim on each GPU."""
-    from reconciler.gpus.inventory import inventory_json, node_gpus, read_inventory
+    from reconciler.gpus.inventory import inventory_json, read_inventory
 
     try:
         found: Located | None = locate(directory)
@@ -730,7 +730,7 @@ def gpus(directory: FindOption = None, as_json: JsonOption = False) -> None:
             node = manifest_sets.load(directory or Path(DEFAULT_DIR)).node
         except FileNotFoundError:
             node = manifest_sets.NodeSpec()
-        data = inventory_json(read_inventory(node_gpus(node)), (), node.vram_reserve)
+        data = inventory_json(read_inventory(node.gpus), (), node.vram_reserve)
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return

@@ -34,7 +34,7 @@ from typing import Any
 from proxy.gateway import Phase
 from reconciler.gpus.cluster import Cluster, schedule_everywhere, where_models_run
 from reconciler.gpus.estimates import estimate_all, missing
-from reconciler.gpus.inventory import Inventory, node_gpus, read_inventory
+from reconciler.gpus.inventory import Inventory, read_inventory
 from reconciler.gpus.scheduler import Schedule, holders, instance_claims, pins_problem
 from reconciler.gpus.types import Claim
 from reconciler.gpus.vram import Estimate
@@ -278,7 +278,7 @@ class Engine:
             self.cluster = await self._read_cluster()
             await self._note_runtimes(before)
             blind = self._blind()
-            self.inventory = await asyncio.to_thread(read_inventory, node_gpus(desired.node))
+            self.inventory = await asyncio.to_thread(read_inventory, desired.node.gpus)
             if todo := missing(self.estimates, desired):  # new, changed, or weights arrived
                 self.estimates.update(await self._estimate(todo))
             self.pins = pins_problem(

@@ -55,9 +55,6 @@ class Cluster:
     def has_gpus(self) -> bool:
         return any(n.alive and n.gpus for n in self.nodes)
 
-    def node(self, node_id: str) -> RayNode | None:
-        return next((n for n in self.nodes if n.id == node_id), None)
-
 
 def where_models_run(actual: Sequence[Instance]) -> dict[str, str]:
     """model -> node id of its Ray instances that run or start."""

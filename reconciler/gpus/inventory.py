@@ -21,7 +21,7 @@ import pynvml
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from reconciler.manifests.schema import NodeSpec, StaticGpu
+from reconciler.manifests.schema import StaticGpu
 
 from .placement import free_bytes
 from .types import Claim, GpuInfo, GpuProcess
@@ -179,11 +179,6 @@ def _cap(gpu: GpuInfo, memory: int | None) -> GpuInfo:
     used = gpu.used if gpu.used is not None else gpu.total - (gpu.free or 0)
     free = max(0, min(gpu.free if gpu.free is not None else memory, memory - used))
     return replace(gpu, total=memory, free=free)
-
-
-def node_gpus(node: NodeSpec) -> NodeGpus:
-    """``Node.spec.gpus``, what :func:`read_inventory` takes."""
-    return node.gpus
 
 
 def read_inventory(node_gpus: NodeGpus = "auto", nvml: Any = pynvml) -> Inventory:

@@ -9,7 +9,7 @@ from reconciler.manifests.manifest_set import ManifestSet
 from reconciler.planning.desired import build_desired
 
 from .estimates import estimate_all
-from .inventory import node_gpus, read_inventory
+from .inventory import read_inventory
 from .scheduler import pins_problem
 
 
@@ -19,7 +19,7 @@ def static_pins_problem(manifests: ManifestSet) -> ManifestError | None:
     if not isinstance(node.gpus, list) or where is None:
         return None
     desired = build_desired(manifests)
-    inventory = read_inventory(node_gpus(node))
+    inventory = read_inventory(node.gpus)
     estimates = estimate_all(desired, lambda model: None, None, bool(inventory.gpus))
     problem = pins_problem(desired, inventory.gpus, node.vram_reserve, estimates)
     if problem is None:
